@@ -1,0 +1,139 @@
+// Content-addressed storage for blobs and manifests on the local filesystem.
+//
+//   <root>/
+//     blobs/sha256/ab/ab12…ef        verified content only, named by its digest
+//     tmp/<random>                   downloads in progress (swept at start-up)
+//     index.db                       the SQLite index (see index.ts)
+//
+// Only verified bytes ever sit under blobs/: content is written to tmp/, hashed while
+// it streams, fsynced, and moved into place with an atomic rename.
+
+import { randomBytes } from 'node:crypto';
+import { createReadStream, constants as fsConstants, type ReadStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Digest } from '../oci/reference.js';
+
+export interface StoredObject {
+  digest: string;
+  size: number;
+}
+
+export interface TempFile {
+  path: string;
+  handle: FileHandle;
+}
+
+/** Read chunk for serving cached blobs: the hit path's throughput depends on it (DESIGN 3a). */
+export const READ_CHUNK_BYTES = 1024 * 1024;
+
+export class FileBlobStore {
+  readonly root: string;
+  readonly blobsDir: string;
+  readonly tmpDir: string;
+
+  constructor(root: string) {
+    this.root = root;
+    this.blobsDir = join(root, 'blobs');
+    this.tmpDir = join(root, 'tmp');
+  }
+
+  /** Create the layout and remove leftovers of downloads that never finished. */
+  async init(): Promise<{ sweptTempFiles: number }> {
+    await mkdir(this.blobsDir, { recursive: true });
+    await mkdir(this.tmpDir, { recursive: true });
+    let swept = 0;
+    for (const name of await readdir(this.tmpDir)) {
+      await rm(join(this.tmpDir, name), { force: true, recursive: true });
+      swept++;
+    }
+    return { sweptTempFiles: swept };
+  }
+
+  pathOf(digest: Digest): string {
+    return join(this.blobsDir, digest.algorithm, digest.hex.slice(0, 2), digest.hex);
+  }
+
+  async stat(digest: Digest): Promise<StoredObject | undefined> {
+    try {
+      const s = await stat(this.pathOf(digest));
+      return s.isFile() ? { digest: digest.value, size: s.size } : undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  /** Stream `[start, end]` (inclusive) of a stored object. */
+  createReadStream(digest: Digest, start?: number, end?: number): ReadStream {
+    return createReadStream(this.pathOf(digest), { start, end, highWaterMark: READ_CHUNK_BYTES });
+  }
+
+  async read(digest: Digest): Promise<Buffer | undefined> {
+    try {
+      return await readFile(this.pathOf(digest));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  async createTemp(): Promise<TempFile> {
+    const path = join(this.tmpDir, `${Date.now().toString(36)}-${randomBytes(8).toString('hex')}`);
+    // Exclusive: two writers never share a temp file.
+    const handle = await open(path, fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_RDWR, 0o644);
+    return { path, handle };
+  }
+
+  /** Move a verified, fsynced temp file into place. Atomic: readers see all or nothing. */
+  async commit(tempPath: string, digest: Digest): Promise<void> {
+    const target = this.pathOf(digest);
+    await mkdir(join(this.blobsDir, digest.algorithm, digest.hex.slice(0, 2)), { recursive: true });
+    await rename(tempPath, target);
+  }
+
+  /** Store small verified content (manifests) in one go. */
+  async write(digest: Digest, bytes: Uint8Array): Promise<void> {
+    const temp = await this.createTemp();
+    try {
+      await temp.handle.writeFile(bytes);
+      await temp.handle.datasync();
+    } finally {
+      await temp.handle.close();
+    }
+    try {
+      await this.commit(temp.path, digest);
+    } catch (err) {
+      await unlink(temp.path).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async delete(digest: Digest): Promise<boolean> {
+    try {
+      await unlink(this.pathOf(digest));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw err;
+    }
+  }
+
+  /** Every stored object, for verify and gc. */
+  async *list(): AsyncGenerator<StoredObject> {
+    let algorithms: string[];
+    try {
+      algorithms = await readdir(this.blobsDir);
+    } catch {
+      return;
+    }
+    for (const algorithm of algorithms) {
+      for (const prefix of await readdir(join(this.blobsDir, algorithm))) {
+        for (const hex of await readdir(join(this.blobsDir, algorithm, prefix))) {
+          const s = await stat(join(this.blobsDir, algorithm, prefix, hex)).catch(() => undefined);
+          if (s?.isFile()) yield { digest: `${algorithm}:${hex}`, size: s.size };
+        }
+      }
+    }
+  }
+}

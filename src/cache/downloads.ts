@@ -1,0 +1,339 @@
+// Single-flight blob downloads with progressive fan-out.
+//
+// The first miss for a digest starts one upstream download into a temp file; every
+// client that asks for that digest, now or while it downloads, reads the temp file as
+// it grows, each at its own pace (its own fd, its own position). The writer never waits
+// for a reader, so a slow or vanished client never slows the download, and a
+// download outlives every client (bounded by writeTimeout once nobody is waiting).
+// A dropped upstream connection resumes with `Range: bytes=N-`, the hash carried on.
+// Only after the digest matches is the file fsynced and renamed into the store; on a
+// mismatch every reader is destroyed (their clients see a cut connection, never bad
+// bytes) and nothing enters the cache.
+
+import { EventEmitter } from 'node:events';
+import { openSync, read, close } from 'node:fs';
+import { unlink } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { DigestVerifier } from '../oci/digest.js';
+import { RegistryError } from '../oci/errors.js';
+import type { Digest } from '../oci/reference.js';
+import { READ_CHUNK_BYTES, type FileBlobStore } from './blob-store.js';
+
+/** Where the bytes come from: the upstream body from `offset` on. */
+export interface DownloadSource {
+  /**
+   * Open the body at `offset` (0 = the whole blob). Resolves with the stream and the
+   * blob's total size when the upstream said it; rejects with a RegistryError when the
+   * upstream refuses (404, 429, …) or another error when it cannot be reached.
+   */
+  open(offset: number): Promise<{ body: Readable; totalSize: number | undefined }>;
+}
+
+export type DownloadState = 'running' | 'committing' | 'done' | 'failed';
+
+export interface DownloadOptions {
+  resumeAttempts: number;
+  writeTimeoutMs: number;
+  logger: Logger;
+  /** Called once the verified blob is in the store. */
+  onCommitted(digest: Digest, size: number): void;
+}
+
+export class BlobDownload extends EventEmitter {
+  state: DownloadState = 'running';
+  /** Contiguous bytes written to the temp file (and hashed). */
+  written = 0;
+  totalSize: number | undefined;
+  error: Error | undefined;
+  tempPath: string | undefined;
+  resumes = 0;
+  /** Resolves when the upstream's first answer arrived (size known); rejects if it refused. */
+  readonly ready: Promise<void>;
+  /** Resolves when the blob is verified and in the store. */
+  readonly finished: Promise<void>;
+  private readers = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private currentBody: Readable | undefined;
+  private resolveReady!: () => void;
+  private rejectReady!: (err: Error) => void;
+  private resolveFinished!: () => void;
+  private rejectFinished!: (err: Error) => void;
+
+  constructor(
+    readonly digest: Digest,
+    private readonly store: FileBlobStore,
+    private readonly source: DownloadSource,
+    private readonly options: DownloadOptions,
+  ) {
+    super();
+    this.setMaxListeners(0);
+    this.ready = new Promise((resolve, reject) => {
+      this.resolveReady = resolve;
+      this.rejectReady = reject;
+    });
+    this.finished = new Promise((resolve, reject) => {
+      this.resolveFinished = resolve;
+      this.rejectFinished = reject;
+    });
+    // Nobody may be listening; rejections are read through state/error too.
+    this.ready.catch(() => undefined);
+    this.finished.catch(() => undefined);
+  }
+
+  /** Runs the download to its end; never rejects (the outcome is in state/error). */
+  async run(): Promise<void> {
+    const verifier = new DigestVerifier(this.digest);
+    const temp = await this.store.createTemp().catch((err: unknown) => {
+      this.fail(err instanceof Error ? err : new Error(String(err)));
+      return undefined;
+    });
+    if (!temp) return;
+    this.tempPath = temp.path;
+    const { handle } = temp;
+    let failure: Error | undefined;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const { body, totalSize } = await this.source.open(this.written);
+          if (this.totalSize === undefined) this.totalSize = totalSize;
+          else if (totalSize !== undefined && totalSize !== this.totalSize) {
+            throw new RegistryError('BLOB_UNKNOWN', 'upstream changed the blob size while resuming', { status: 502, detail: { digest: this.digest.value } });
+          }
+          this.resolveReady();
+          this.currentBody = body;
+          for await (const chunk of body as AsyncIterable<Buffer>) {
+            if (this.state !== 'running') throw this.error ?? new Error('download aborted');
+            if (this.totalSize !== undefined && this.written + chunk.length > this.totalSize) {
+              throw new RegistryError('DIGEST_INVALID', 'upstream sent more bytes than it announced', { status: 502, detail: { digest: this.digest.value } });
+            }
+            let offset = 0;
+            while (offset < chunk.length) {
+              const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset, this.written + offset);
+              offset += bytesWritten;
+            }
+            verifier.update(chunk);
+            this.written += chunk.length;
+            this.emit('progress');
+          }
+          this.currentBody = undefined;
+          if (this.totalSize === undefined || this.written >= this.totalSize) break;
+          throw new Error(`upstream body ended at ${this.written} of ${this.totalSize} bytes`);
+        } catch (err) {
+          this.currentBody = undefined;
+          const error = err instanceof Error ? err : new Error(String(err));
+          // A refusal (404, 429, digest lies) or a local disk error is final; a cut connection resumes.
+          const resumable =
+            !(error instanceof RegistryError) &&
+            !isLocalFsError(error) &&
+            this.state === 'running' &&
+            attempt < this.options.resumeAttempts &&
+            (this.written === 0 || this.totalSize !== undefined);
+          if (!resumable) throw error;
+          this.resumes++;
+          this.options.logger.warn(
+            { digest: this.digest.value, offset: this.written, attempt: attempt + 1, err: error.message },
+            'upstream blob download interrupted; resuming',
+          );
+        }
+      }
+      const computed = verifier.finish();
+      if (computed !== this.digest.value) {
+        throw new RegistryError('DIGEST_INVALID', 'upstream sent content that does not match its digest', {
+          status: 502,
+          detail: { expected: this.digest.value, computed, size: this.written },
+        });
+      }
+      await handle.datasync();
+    } catch (err) {
+      failure = err instanceof Error ? err : new Error(String(err));
+    } finally {
+      await handle.close().catch(() => undefined);
+    }
+    if (failure) {
+      this.fail(failure);
+      await unlink(temp.path).catch(() => undefined);
+      return;
+    }
+    this.state = 'committing';
+    try {
+      await this.store.commit(temp.path, this.digest);
+    } catch (err) {
+      this.fail(err instanceof Error ? err : new Error(String(err)));
+      await unlink(temp.path).catch(() => undefined);
+      return;
+    }
+    this.totalSize = this.written;
+    this.state = 'done';
+    this.clearIdleTimer();
+    this.options.onCommitted(this.digest, this.written);
+    this.resolveFinished();
+    this.emit('progress');
+  }
+
+  private fail(error: Error): void {
+    if (this.state === 'failed') return;
+    this.state = 'failed';
+    this.error = error;
+    this.clearIdleTimer();
+    this.currentBody?.destroy(error);
+    this.rejectReady(error);
+    this.rejectFinished(error);
+    this.emit('progress');
+  }
+
+  /**
+   * A stream of bytes `[start, end]` (inclusive; end undefined = to the end of the blob)
+   * that follows the download. Call only while state is 'running' (the temp file must
+   * still have its name); the reader keeps its own fd, so the rename at commit is fine.
+   */
+  createReader(start: number, end: number | undefined): Readable {
+    if (this.state !== 'running' || !this.tempPath) throw new Error('download is not running');
+    const fd = openSync(this.tempPath, 'r');
+    this.readers++;
+    this.clearIdleTimer();
+    return new GrowingFileReader(this, fd, start, end, () => {
+      this.readers--;
+      if (this.readers === 0 && this.state === 'running') this.startIdleTimer();
+    });
+  }
+
+  private startIdleTimer(): void {
+    this.clearIdleTimer();
+    this.idleTimer = setTimeout(() => {
+      this.fail(new Error(`download abandoned: no client for ${this.options.writeTimeoutMs} ms`));
+    }, this.options.writeTimeoutMs);
+    this.idleTimer.unref();
+  }
+
+  private clearIdleTimer(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  /** Stop the download (shutdown): readers are cut, nothing is committed. */
+  abort(reason: string): void {
+    this.fail(new Error(reason));
+  }
+}
+
+function isLocalFsError(err: Error): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'EROFS' || code === 'EIO' || code === 'EBADF';
+}
+
+/** Reads a file that another writer is still appending to, waiting for bytes as needed. */
+class GrowingFileReader extends Readable {
+  private position: number;
+  private reading = false;
+  private waiting = false;
+  private released = false;
+
+  constructor(
+    private readonly download: BlobDownload,
+    private readonly fd: number,
+    start: number,
+    private readonly end: number | undefined,
+    private readonly onClose: () => void,
+  ) {
+    super({ highWaterMark: READ_CHUNK_BYTES });
+    this.position = start;
+  }
+
+  private readonly onProgress = (): void => {
+    this.waiting = false;
+    this.pump();
+  };
+
+  override _read(): void {
+    this.pump();
+  }
+
+  private pump(): void {
+    if (this.reading || this.waiting || this.released) return;
+    const d = this.download;
+    if (d.state === 'failed') {
+      this.destroy(d.error ?? new Error('download failed'));
+      return;
+    }
+    const total = d.totalSize;
+    const limit = this.end !== undefined ? this.end + 1 : total;
+    if (limit !== undefined && this.position >= limit) {
+      this.push(null);
+      return;
+    }
+    const available = d.written;
+    if (this.position >= available) {
+      if (d.state === 'done') {
+        this.push(null);
+        return;
+      }
+      this.waiting = true;
+      d.once('progress', this.onProgress);
+      return;
+    }
+    const want = Math.min(READ_CHUNK_BYTES, available - this.position, limit !== undefined ? limit - this.position : Infinity);
+    const buffer = Buffer.allocUnsafe(want);
+    this.reading = true;
+    read(this.fd, buffer, 0, want, this.position, (err, bytesRead) => {
+      this.reading = false;
+      if (this.released) return;
+      if (err) {
+        this.destroy(err);
+        return;
+      }
+      if (bytesRead === 0) {
+        // Should not happen (we only read below `written`); wait for more rather than spin.
+        this.waiting = true;
+        d.once('progress', this.onProgress);
+        return;
+      }
+      this.position += bytesRead;
+      if (this.push(bytesRead === want ? buffer : buffer.subarray(0, bytesRead))) this.pump();
+    });
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.released = true;
+    this.download.off('progress', this.onProgress);
+    close(this.fd, () => undefined);
+    this.onClose();
+    callback(err);
+  }
+}
+
+/** The downloads in flight, one per digest. */
+export class Downloads {
+  private readonly inFlight = new Map<string, BlobDownload>();
+
+  constructor(
+    private readonly store: FileBlobStore,
+    private readonly options: DownloadOptions,
+  ) {}
+
+  get(digest: Digest): BlobDownload | undefined {
+    return this.inFlight.get(digest.value);
+  }
+
+  get size(): number {
+    return this.inFlight.size;
+  }
+
+  /** Start a download for `digest`; the caller has checked there is none. */
+  start(digest: Digest, source: DownloadSource): BlobDownload {
+    const download = new BlobDownload(digest, this.store, source, this.options);
+    this.inFlight.set(digest.value, download);
+    void download.run().finally(() => {
+      if (this.inFlight.get(digest.value) === download) this.inFlight.delete(digest.value);
+    });
+    return download;
+  }
+
+  abortAll(reason: string): void {
+    for (const d of this.inFlight.values()) d.abort(reason);
+  }
+
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.inFlight.values()].map((d) => d.finished));
+  }
+}

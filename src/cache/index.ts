@@ -1,0 +1,234 @@
+// The metadata index in SQLite (better-sqlite3, WAL). The disk is the truth for bytes;
+// this is the truth for what they are: tags and their freshness, manifests' media
+// types, which repository may be served which content, and access times for eviction.
+// Every statement is prepared once; access times are batched, not written per request.
+
+import Database from 'better-sqlite3';
+import type { Statement } from 'better-sqlite3';
+
+export interface TagRow {
+  upstream: string;
+  repo: string;
+  tag: string;
+  accept: string;
+  digest: string;
+  mediaType: string;
+  fetchedAt: number;
+  checkedAt: number;
+  expiresAt: number;
+}
+
+export interface ManifestRow {
+  digest: string;
+  mediaType: string;
+  size: number;
+}
+
+// Each entry moves the schema one version up; user_version records how far we are.
+const MIGRATIONS: string[] = [
+  `CREATE TABLE blobs (
+     digest TEXT PRIMARY KEY, size INTEGER NOT NULL,
+     created_at INTEGER NOT NULL, last_access INTEGER NOT NULL
+   ) WITHOUT ROWID;
+   CREATE TABLE manifests (
+     digest TEXT PRIMARY KEY, media_type TEXT NOT NULL, size INTEGER NOT NULL,
+     created_at INTEGER NOT NULL, last_access INTEGER NOT NULL
+   ) WITHOUT ROWID;
+   CREATE TABLE tags (
+     upstream TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, accept TEXT NOT NULL,
+     digest TEXT NOT NULL, media_type TEXT NOT NULL,
+     fetched_at INTEGER NOT NULL, checked_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+     PRIMARY KEY (upstream, repo, tag, accept)
+   ) WITHOUT ROWID;
+   CREATE INDEX tags_by_digest ON tags (digest);
+   CREATE TABLE refs (parent TEXT NOT NULL, child TEXT NOT NULL, PRIMARY KEY (parent, child)) WITHOUT ROWID;
+   CREATE INDEX refs_by_child ON refs (child);
+   CREATE TABLE links (upstream TEXT NOT NULL, repo TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (upstream, repo, digest)) WITHOUT ROWID;
+   CREATE INDEX links_by_digest ON links (digest);
+   CREATE TABLE pins (upstream TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (upstream, repo, tag)) WITHOUT ROWID;`,
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+interface TagDbRow {
+  upstream: string;
+  repo: string;
+  tag: string;
+  accept: string;
+  digest: string;
+  media_type: string;
+  fetched_at: number;
+  checked_at: number;
+  expires_at: number;
+}
+
+function toTagRow(r: TagDbRow): TagRow {
+  return {
+    upstream: r.upstream, repo: r.repo, tag: r.tag, accept: r.accept, digest: r.digest, mediaType: r.media_type,
+    fetchedAt: r.fetched_at, checkedAt: r.checked_at, expiresAt: r.expires_at,
+  };
+}
+
+export class CacheIndex {
+  readonly db: Database.Database;
+  private readonly pendingAccess = new Map<string, number>();
+  private readonly s: {
+    getTag: Statement<[string, string, string, string], TagDbRow>;
+    putTag: Statement<[string, string, string, string, string, string, number, number, number]>;
+    touchTag: Statement<[number, number, string, string, string, string]>;
+    deleteTag: Statement<[string, string, string]>;
+    tagsOf: Statement<[string, string], { tag: string }>;
+    getManifest: Statement<[string], { digest: string; media_type: string; size: number }>;
+    putManifest: Statement<[string, string, number, number, number]>;
+    putBlob: Statement<[string, number, number, number]>;
+    getBlob: Statement<[string], { digest: string; size: number }>;
+    deleteBlob: Statement<[string]>;
+    deleteManifest: Statement<[string]>;
+    hasLink: Statement<[string, string, string], { one: number }>;
+    putLink: Statement<[string, string, string]>;
+    putRef: Statement<[string, string]>;
+    touchBlob: Statement<[number, string]>;
+    touchManifest: Statement<[number, string]>;
+  };
+
+  constructor(path: string) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+    const db = this.db;
+    this.s = {
+      getTag: db.prepare('SELECT * FROM tags WHERE upstream = ? AND repo = ? AND tag = ? AND accept = ?'),
+      putTag: db.prepare(
+        `INSERT INTO tags (upstream, repo, tag, accept, digest, media_type, fetched_at, checked_at, expires_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (upstream, repo, tag, accept) DO UPDATE SET digest = excluded.digest, media_type = excluded.media_type,
+           fetched_at = excluded.fetched_at, checked_at = excluded.checked_at, expires_at = excluded.expires_at`,
+      ),
+      touchTag: db.prepare('UPDATE tags SET checked_at = ?, expires_at = ? WHERE upstream = ? AND repo = ? AND tag = ? AND accept = ?'),
+      deleteTag: db.prepare('DELETE FROM tags WHERE upstream = ? AND repo = ? AND tag = ?'),
+      tagsOf: db.prepare('SELECT DISTINCT tag FROM tags WHERE upstream = ? AND repo = ? ORDER BY tag'),
+      getManifest: db.prepare('SELECT digest, media_type, size FROM manifests WHERE digest = ?'),
+      putManifest: db.prepare(
+        `INSERT INTO manifests (digest, media_type, size, created_at, last_access) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (digest) DO UPDATE SET last_access = excluded.last_access`,
+      ),
+      putBlob: db.prepare(
+        `INSERT INTO blobs (digest, size, created_at, last_access) VALUES (?, ?, ?, ?)
+         ON CONFLICT (digest) DO UPDATE SET size = excluded.size, last_access = excluded.last_access`,
+      ),
+      getBlob: db.prepare('SELECT digest, size FROM blobs WHERE digest = ?'),
+      deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
+      deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
+      hasLink: db.prepare('SELECT 1 AS one FROM links WHERE upstream = ? AND repo = ? AND digest = ?'),
+      putLink: db.prepare('INSERT OR IGNORE INTO links (upstream, repo, digest) VALUES (?, ?, ?)'),
+      putRef: db.prepare('INSERT OR IGNORE INTO refs (parent, child) VALUES (?, ?)'),
+      touchBlob: db.prepare('UPDATE blobs SET last_access = max(last_access, ?) WHERE digest = ?'),
+      touchManifest: db.prepare('UPDATE manifests SET last_access = max(last_access, ?) WHERE digest = ?'),
+    };
+  }
+
+  private migrate(): void {
+    const current = this.db.pragma('user_version', { simple: true }) as number;
+    if (current > MIGRATIONS.length) {
+      throw new Error(`index schema version ${current} is newer than this mirror understands (${MIGRATIONS.length})`);
+    }
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v]!);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  getTag(upstream: string, repo: string, tag: string, accept: string): TagRow | undefined {
+    const row = this.s.getTag.get(upstream, repo, tag, accept);
+    return row ? toTagRow(row) : undefined;
+  }
+
+  putTag(t: TagRow): void {
+    this.s.putTag.run(t.upstream, t.repo, t.tag, t.accept, t.digest, t.mediaType, t.fetchedAt, t.checkedAt, t.expiresAt);
+  }
+
+  touchTag(upstream: string, repo: string, tag: string, accept: string, checkedAt: number, expiresAt: number): void {
+    this.s.touchTag.run(checkedAt, expiresAt, upstream, repo, tag, accept);
+  }
+
+  deleteTag(upstream: string, repo: string, tag: string): void {
+    this.s.deleteTag.run(upstream, repo, tag);
+  }
+
+  tagsOf(upstream: string, repo: string): string[] {
+    return this.s.tagsOf.all(upstream, repo).map((r) => r.tag);
+  }
+
+  getManifest(digest: string): ManifestRow | undefined {
+    const row = this.s.getManifest.get(digest);
+    return row ? { digest: row.digest, mediaType: row.media_type, size: row.size } : undefined;
+  }
+
+  /** A manifest, its links and its references, in one transaction. */
+  putManifest(
+    m: { digest: string; mediaType: string; size: number; children: string[] },
+    link: { upstream: string; repo: string },
+    now: number,
+  ): void {
+    this.db.transaction(() => {
+      this.s.putManifest.run(m.digest, m.mediaType, m.size, now, now);
+      this.s.putLink.run(link.upstream, link.repo, m.digest);
+      for (const child of m.children) {
+        this.s.putRef.run(m.digest, child);
+        // The repository's own manifest says it contains these: it may be served them.
+        this.s.putLink.run(link.upstream, link.repo, child);
+      }
+    })();
+  }
+
+  putBlob(digest: string, size: number, now: number): void {
+    this.s.putBlob.run(digest, size, now, now);
+  }
+
+  getBlob(digest: string): { digest: string; size: number } | undefined {
+    return this.s.getBlob.get(digest);
+  }
+
+  deleteBlob(digest: string): void {
+    this.s.deleteBlob.run(digest);
+  }
+
+  deleteManifest(digest: string): void {
+    this.s.deleteManifest.run(digest);
+  }
+
+  hasLink(upstream: string, repo: string, digest: string): boolean {
+    return this.s.hasLink.get(upstream, repo, digest) !== undefined;
+  }
+
+  putLink(upstream: string, repo: string, digest: string): void {
+    this.s.putLink.run(upstream, repo, digest);
+  }
+
+  /** Note an access; written in the next flush, not now. */
+  recordAccess(digest: string, at: number): void {
+    this.pendingAccess.set(digest, at);
+  }
+
+  flushAccessTimes(): number {
+    if (this.pendingAccess.size === 0) return 0;
+    const entries = [...this.pendingAccess];
+    this.pendingAccess.clear();
+    this.db.transaction(() => {
+      for (const [digest, at] of entries) {
+        this.s.touchBlob.run(at, digest);
+        this.s.touchManifest.run(at, digest);
+      }
+    })();
+    return entries.length;
+  }
+
+  close(): void {
+    this.flushAccessTimes();
+    this.db.close();
+  }
+}

@@ -1,0 +1,328 @@
+// mirror.config.yaml, then MIRROR_* environment variables, then command-line flags,
+// validated once into one typed, frozen Config. Every problem is reported at once,
+// each with the path of the bad key.
+
+import { existsSync, readFileSync } from 'node:fs';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { z } from 'zod';
+import { parseDuration, parseSize } from './units.js';
+
+const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const ms = parseDuration(value);
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not a duration (e.g. 30s, 10m, 1h, 0)` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const bytes = parseSize(value);
+  if (bytes === undefined) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not a size (e.g. 50GiB, 512MB, 0)` });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+const hostPort = z.string().transform((value, ctx) => {
+  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value.trim()) ?? /^()()(\d{1,5})$/.exec(value.trim());
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not HOST:PORT (e.g. 0.0.0.0:5000, 127.0.0.1:5000, :5000)` });
+    return z.NEVER;
+  }
+  return { host: match[1] ?? (match[2] || '0.0.0.0'), port };
+});
+
+const httpUrl = z.string().transform((value, ctx) => {
+  try {
+    const url = new URL(value);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('scheme');
+    return url.origin + url.pathname.replace(/\/+$/, '');
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not an http(s) URL` });
+    return z.NEVER;
+  }
+});
+
+const upstreamSchema = z.strictObject({
+  /** Base URL of the registry API (the host clients name may differ: docker.io → registry-1.docker.io). */
+  url: httpUrl,
+  /** Credentials for the upstream (raise Docker Hub's pull limit). Use ${ENV} references. */
+  username: z.string().optional(),
+  password: z.string().optional(),
+  /** How long a tag is trusted before it is revalidated with a HEAD. 0 = every request. */
+  ttl: duration.optional(),
+  /** Glob patterns of repositories that may be pulled through this upstream. */
+  repositories: z.array(z.string().min(1)).prefault(['**']),
+  /** Another first path component that routes to this upstream (`/v2/<alias>/repo/...`). */
+  alias: z.string().regex(/^[a-z0-9][a-z0-9.-]*$/).optional(),
+  /** Docker Hub: one-component names are official images under `library/`. */
+  libraryPrefix: z.boolean().optional(),
+  /** Also accept Docker schema1 manifests (deprecated; off by default). */
+  allowSchema1: z.boolean().prefault(false),
+});
+
+const configSchema = z.strictObject({
+  listen: hostPort.prefault('0.0.0.0:5000'),
+  tls: z
+    .strictObject({ cert: z.string().min(1), key: z.string().min(1) })
+    .optional(),
+  storage: z
+    .strictObject({
+      path: z.string().min(1).prefault('./data'),
+      /** 0 = unbounded. */
+      maxSize: size.prefault(0),
+    })
+    .prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).prefault('info'),
+      /** One line per request with the cache outcome. */
+      access: z.boolean().prefault(true),
+    })
+    .prefault({}),
+  /** Never contact an upstream; serve only what is cached. */
+  offline: z.boolean().prefault(false),
+  /** Tag TTL for upstreams that do not set their own. */
+  ttl: duration.prefault('10m'),
+  /** The upstream for requests that name none (no ?ns=, no host prefix). */
+  defaultUpstream: z.string().prefault('docker.io'),
+  upstreams: z
+    .record(z.string().regex(/^[a-z0-9][a-z0-9.-]*(:\d+)?$/, 'an upstream is named by its registry host, e.g. docker.io or ghcr.io'), upstreamSchema)
+    .prefault({ 'docker.io': { url: 'https://registry-1.docker.io' } }),
+  timeouts: z
+    .strictObject({
+      connect: duration.prefault('10s'),
+      /** Until the upstream's response headers arrive. */
+      headers: duration.prefault('30s'),
+      /** Longest silence inside a response body. */
+      bodyIdle: duration.prefault('60s'),
+    })
+    .prefault({}),
+  retries: z
+    .strictObject({
+      /** Extra attempts for an idempotent upstream request that failed. */
+      attempts: z.number().int().min(0).max(10).prefault(2),
+      baseDelay: duration.prefault('200ms'),
+      maxDelay: duration.prefault('5s'),
+    })
+    .prefault({}),
+  downloads: z
+    .strictObject({
+      /** How many times one blob download resumes after a dropped connection. */
+      resumeAttempts: z.number().int().min(0).max(20).prefault(5),
+      /** Longest a download may take once no client is waiting for it. */
+      writeTimeout: duration.prefault('30m'),
+    })
+    .prefault({}),
+});
+
+type ParsedConfig = z.output<typeof configSchema>;
+
+export interface UpstreamConfig {
+  name: string;
+  url: string;
+  username: string | undefined;
+  password: string | undefined;
+  ttlMs: number;
+  repositories: string[];
+  alias: string | undefined;
+  libraryPrefix: boolean;
+  allowSchema1: boolean;
+}
+
+export interface Config {
+  listen: { host: string; port: number };
+  tls: { cert: string; key: string } | undefined;
+  storage: { path: string; maxSize: number };
+  log: ParsedConfig['log'];
+  offline: boolean;
+  defaultUpstream: string;
+  upstreams: UpstreamConfig[];
+  timeouts: { connectMs: number; headersMs: number; bodyIdleMs: number };
+  retries: { attempts: number; baseDelayMs: number; maxDelayMs: number };
+  downloads: { resumeAttempts: number; writeTimeoutMs: number };
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[], source: string) {
+    super(`invalid configuration (${source}):\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Flags (and their MIRROR_* twins) that override the file. */
+export interface ConfigOverrides {
+  listen?: string;
+  port?: string | number;
+  storage?: string;
+  upstream?: string;
+  ttl?: string;
+  logLevel?: string;
+  offline?: boolean;
+}
+
+export const ENV_OVERRIDES: Record<keyof ConfigOverrides, string> = {
+  listen: 'MIRROR_LISTEN',
+  port: 'MIRROR_PORT',
+  storage: 'MIRROR_STORAGE',
+  upstream: 'MIRROR_UPSTREAM',
+  ttl: 'MIRROR_TTL',
+  logLevel: 'MIRROR_LOG_LEVEL',
+  offline: 'MIRROR_OFFLINE',
+};
+
+/** Replace ${NAME} (and ${NAME:-default}) in every string of the document. */
+function substituteEnv(value: unknown, env: NodeJS.ProcessEnv, path: string, problems: string[]): unknown {
+  if (typeof value === 'string') {
+    return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g, (_, name: string, fallback: string | undefined) => {
+      const found = env[name];
+      if (found !== undefined) return found;
+      if (fallback !== undefined) return fallback;
+      problems.push(`${path || '(root)'}: environment variable ${name} is not set`);
+      return '';
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => substituteEnv(v, env, `${path}[${i}]`, problems));
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [k, substituteEnv(v, env, path ? `${path}.${k}` : k, problems)]),
+    );
+  }
+  return value;
+}
+
+function asRecord(value: unknown): Record<string, unknown> {
+  return value && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
+}
+
+export interface LoadOptions {
+  /** Path given with --config / MIRROR_CONFIG. Without it, ./mirror.config.yaml is used when present. */
+  file?: string | undefined;
+  overrides?: ConfigOverrides;
+  env?: NodeJS.ProcessEnv;
+}
+
+export function loadConfig(options: LoadOptions = {}): Config {
+  const env = options.env ?? process.env;
+  const file = options.file ?? env.MIRROR_CONFIG ?? (existsSync('mirror.config.yaml') ? 'mirror.config.yaml' : undefined);
+  let raw: unknown = {};
+  const source = file ?? 'defaults';
+  if (file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError([`cannot read ${file}: ${(err as Error).message}`], source);
+    }
+    try {
+      raw = parseYaml(text) ?? {};
+    } catch (err) {
+      const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}` : '';
+      throw new ConfigError([`YAML syntax error${where}: ${(err as Error).message.split('\n')[0]}`], source);
+    }
+  }
+  return buildConfig(raw, { env, overrides: options.overrides ?? {}, source });
+}
+
+/** Validate a parsed document plus overrides. Exposed for tests. */
+export function buildConfig(
+  document: unknown,
+  { env = {}, overrides = {}, source = 'config' }: { env?: NodeJS.ProcessEnv; overrides?: ConfigOverrides; source?: string },
+): Config {
+  const problems: string[] = [];
+  if (document !== null && document !== undefined && (typeof document !== 'object' || Array.isArray(document))) {
+    throw new ConfigError(['(root): expected a mapping of settings'], source);
+  }
+  const doc = asRecord(substituteEnv(document ?? {}, env, '', problems));
+
+  // Environment first, flags last: a flag beats MIRROR_*, which beats the file.
+  const fromEnv: ConfigOverrides = {};
+  for (const [key, name] of Object.entries(ENV_OVERRIDES) as [keyof ConfigOverrides, string][]) {
+    const value = env[name];
+    if (value === undefined || value === '') continue;
+    if (key === 'offline') fromEnv.offline = /^(1|true|yes|on)$/i.test(value);
+    else (fromEnv as Record<string, string>)[key] = value;
+  }
+  const merged: ConfigOverrides = { ...fromEnv };
+  for (const [k, v] of Object.entries(overrides)) if (v !== undefined) (merged as Record<string, unknown>)[k] = v;
+
+  if (merged.listen !== undefined) doc.listen = merged.listen;
+  if (merged.port !== undefined) {
+    const current = typeof doc.listen === 'string' ? doc.listen : '0.0.0.0:5000';
+    const host = current.includes(':') ? current.slice(0, current.lastIndexOf(':')) : '0.0.0.0';
+    doc.listen = `${host}:${merged.port}`;
+  }
+  if (merged.storage !== undefined) doc.storage = { ...asRecord(doc.storage), path: merged.storage };
+  if (merged.logLevel !== undefined) doc.log = { ...asRecord(doc.log), level: merged.logLevel };
+  if (merged.offline !== undefined) doc.offline = merged.offline;
+  if (merged.ttl !== undefined) {
+    doc.ttl = merged.ttl;
+    // --ttl is the operator's word for every upstream.
+    if (doc.upstreams && typeof doc.upstreams === 'object') {
+      for (const u of Object.values(asRecord(doc.upstreams))) if (u && typeof u === 'object') delete (u as Record<string, unknown>).ttl;
+    }
+  }
+  if (merged.upstream !== undefined) {
+    const upstreams = { ...asRecord(doc.upstreams ?? { 'docker.io': {} }) };
+    const name = typeof doc.defaultUpstream === 'string' ? doc.defaultUpstream : 'docker.io';
+    upstreams[name] = { ...asRecord(upstreams[name]), url: merged.upstream };
+    doc.upstreams = upstreams;
+  }
+
+  const result = configSchema.safeParse(doc);
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      const path = issue.path.map(String).join('.') || '(root)';
+      const message =
+        issue.code === 'unrecognized_keys' ? `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}` : issue.message;
+      problems.push(`${path}: ${message}`);
+    }
+  }
+  if (problems.length > 0 || !result.success) throw new ConfigError(problems, source);
+  const parsed = result.data;
+
+  const upstreams: UpstreamConfig[] = Object.entries(parsed.upstreams).map(([name, u]) => ({
+    name,
+    url: u.url,
+    username: u.username || undefined,
+    password: u.password || undefined,
+    ttlMs: u.ttl ?? parsed.ttl,
+    repositories: u.repositories,
+    alias: u.alias,
+    libraryPrefix: u.libraryPrefix ?? name === 'docker.io',
+    allowSchema1: u.allowSchema1,
+  }));
+  const more: string[] = [];
+  if (!upstreams.some((u) => u.name === parsed.defaultUpstream)) {
+    more.push(`defaultUpstream: "${parsed.defaultUpstream}" is not one of upstreams (${upstreams.map((u) => u.name).join(', ') || 'none'})`);
+  }
+  for (const u of upstreams) {
+    if (u.username && !u.password) more.push(`upstreams.${u.name}.password: required when username is set`);
+  }
+  if (more.length > 0) throw new ConfigError(more, source);
+
+  const config: Config = {
+    listen: parsed.listen,
+    tls: parsed.tls,
+    storage: parsed.storage,
+    log: parsed.log,
+    offline: parsed.offline,
+    defaultUpstream: parsed.defaultUpstream,
+    upstreams,
+    timeouts: { connectMs: parsed.timeouts.connect, headersMs: parsed.timeouts.headers, bodyIdleMs: parsed.timeouts.bodyIdle },
+    retries: { attempts: parsed.retries.attempts, baseDelayMs: parsed.retries.baseDelay, maxDelayMs: parsed.retries.maxDelay },
+    downloads: { resumeAttempts: parsed.downloads.resumeAttempts, writeTimeoutMs: parsed.downloads.writeTimeout },
+  };
+  return deepFreeze(config);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

@@ -1,0 +1,206 @@
+// The HTTP face: node:http (or https), one handler per registry concept, the OCI error
+// envelope rendered in one place, a request id and one access-log line per request,
+// and graceful shutdown.
+
+import { readFileSync } from 'node:fs';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { RegistryError } from '../oci/errors.js';
+import type { CacheOutcome, Mirror } from '../mirror.js';
+import { handleBlob } from './handlers/blobs.js';
+import { handleManifest } from './handlers/manifests.js';
+import { handleTags } from './handlers/tags.js';
+import { matchApiRoute } from './routes.js';
+
+export interface RequestContext {
+  req: IncomingMessage;
+  res: ServerResponse;
+  id: string;
+  started: number;
+  path: string;
+  query: URLSearchParams;
+  /** Set by handlers for the access log. */
+  outcome?: CacheOutcome;
+  upstream?: string;
+  repository?: string;
+  bytes: number;
+}
+
+const API_VERSION_HEADER = 'Docker-Distribution-API-Version';
+const READ_METHODS = new Set(['GET', 'HEAD']);
+
+export interface MirrorServer {
+  server: http.Server;
+  url: string;
+  /** Stop accepting, let in-flight responses finish until the deadline, then close. */
+  close(deadlineMs?: number): Promise<void>;
+  reloadTls(): void;
+}
+
+export async function startServer(mirror: Mirror, listen = mirror.config.listen): Promise<MirrorServer> {
+  const tls = mirror.config.tls;
+  const handler = (req: IncomingMessage, res: ServerResponse) => void handleRequest(mirror, req, res, shuttingDown);
+  const server = tls
+    ? https.createServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, handler)
+    : http.createServer(handler);
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 70_000;
+  // Long blob downloads to slow clients are normal: no overall request timeout.
+  server.requestTimeout = 0;
+  let shuttingDown = { value: false };
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(listen.port, listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  const url = `${tls ? 'https' : 'http'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${address.port}`;
+
+  return {
+    server,
+    url,
+    reloadTls() {
+      if (!tls || !(server instanceof https.Server)) return;
+      server.setSecureContext({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) });
+    },
+    async close(deadlineMs = 10_000) {
+      shuttingDown.value = true;
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const timer = setTimeout(() => server.closeAllConnections(), deadlineMs);
+      await closed;
+      clearTimeout(timer);
+    },
+  };
+}
+
+let requestCounter = 0;
+const requestPrefix = process.pid.toString(36);
+
+async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerResponse, shuttingDown: { value: boolean }): Promise<void> {
+  const rawUrl = req.url ?? '/';
+  const q = rawUrl.indexOf('?');
+  const path = q >= 0 ? rawUrl.slice(0, q) : rawUrl;
+  const ctx: RequestContext = {
+    req,
+    res,
+    id: `${requestPrefix}-${(++requestCounter).toString(36)}`,
+    started: performance.now(),
+    path,
+    query: new URLSearchParams(q >= 0 ? rawUrl.slice(q + 1) : ''),
+    bytes: 0,
+  };
+  res.setHeader('X-Request-Id', ctx.id);
+  if (shuttingDown.value) res.setHeader('Connection', 'close');
+  res.once('close', () => accessLog(mirror, ctx));
+  try {
+    await route(mirror, ctx, shuttingDown.value);
+  } catch (err) {
+    sendError(mirror, ctx, err);
+  }
+}
+
+async function route(mirror: Mirror, ctx: RequestContext, shuttingDown: boolean): Promise<void> {
+  const { req, res } = ctx;
+  if (ctx.path === '/healthz') return sendText(res, 200, 'ok\n');
+  if (ctx.path === '/readyz') return sendText(res, shuttingDown ? 503 : 200, shuttingDown ? 'shutting down\n' : 'ready\n');
+  if (ctx.path === '/metrics') {
+    res.writeHead(200, { 'Content-Type': mirror.metrics.registry.contentType });
+    res.end(await mirror.metrics.registry.metrics());
+    return;
+  }
+  if (ctx.path === '/' || ctx.path === '') {
+    return sendText(res, 200, `registry-mirror: a pull-through cache for ${mirror.router.upstreams.map((u) => u.name).join(', ')}\n`);
+  }
+  const api = matchApiRoute(ctx.path);
+  if (api.kind === 'unknown') throw new RegistryError('NAME_UNKNOWN', 'no such API endpoint', { status: 404, detail: { path: ctx.path } });
+  res.setHeader(API_VERSION_HEADER, 'registry/2.0');
+  if (!READ_METHODS.has(req.method ?? '') || api.kind === 'upload') {
+    throw new RegistryError('UNSUPPORTED', 'this is a read-only pull-through mirror: pushes and deletes are not supported', {
+      headers: { allow: 'GET, HEAD' },
+      detail: { method: req.method },
+    });
+  }
+  switch (api.kind) {
+    case 'base':
+      // Clients' credentials (dockerd sends the user's Docker Hub login) are accepted and ignored.
+      res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': '2' });
+      res.end(req.method === 'HEAD' ? undefined : '{}');
+      return;
+    case 'manifest':
+      return handleManifest(mirror, ctx, api.name, api.reference);
+    case 'blob':
+      return handleBlob(mirror, ctx, api.name, api.digest);
+    case 'tags':
+      return handleTags(mirror, ctx, api.name);
+    case 'catalog':
+      throw new RegistryError('UNSUPPORTED', 'the catalog is not served by this mirror', { status: 404 });
+    case 'referrers':
+      throw new RegistryError('UNSUPPORTED', 'the referrers API is not served by this mirror yet', { status: 404 });
+  }
+}
+
+function sendText(res: ServerResponse, status: number, text: string): void {
+  res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+export function sendError(mirror: Mirror, ctx: RequestContext, err: unknown): void {
+  const { res } = ctx;
+  let error: RegistryError;
+  if (err instanceof RegistryError) error = err;
+  else {
+    mirror.logger.error({ reqId: ctx.id, err }, 'internal error');
+    error = new RegistryError('UNKNOWN', 'internal error in the mirror', { detail: { reqId: ctx.id } });
+  }
+  if (res.headersSent) {
+    // Mid-body: the only honest signal left is to cut the connection.
+    res.destroy(error);
+    return;
+  }
+  const body = JSON.stringify(error.toJSON());
+  res.statusCode = error.status;
+  for (const [k, v] of Object.entries(error.headers)) res.setHeader(k, v);
+  res.setHeader('Content-Type', 'application/json; charset=utf-8');
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.end(ctx.req.method === 'HEAD' ? undefined : body);
+}
+
+function accessLog(mirror: Mirror, ctx: RequestContext): void {
+  const ms = Math.round((performance.now() - ctx.started) * 100) / 100;
+  const status = ctx.res.statusCode;
+  const complete = ctx.res.writableFinished;
+  mirror.metrics.requests.inc({ route: routeLabel(ctx.path), status: String(status), outcome: ctx.outcome ?? 'none' });
+  if (!mirror.config.log.access) return;
+  mirror.logger.info(
+    {
+      reqId: ctx.id,
+      method: ctx.req.method,
+      path: ctx.path,
+      ns: ctx.query.get('ns') ?? undefined,
+      status,
+      outcome: ctx.outcome,
+      upstream: ctx.upstream,
+      repository: ctx.repository,
+      bytes: ctx.bytes,
+      ms,
+      aborted: complete ? undefined : true,
+    },
+    'request',
+  );
+}
+
+function routeLabel(path: string): string {
+  if (path.startsWith('/v2/')) {
+    if (path.includes('/manifests/')) return 'manifest';
+    if (path.includes('/blobs/')) return 'blob';
+    if (path.endsWith('/tags/list')) return 'tags';
+    return 'base';
+  }
+  return path === '/metrics' || path === '/healthz' || path === '/readyz' ? path.slice(1) : 'other';
+}

@@ -1,0 +1,260 @@
+// HTTP to one upstream registry on undici: challenge-driven auth, redirects (Docker Hub
+// sends blobs to a CDN: followed, and the upstream's Authorization never goes to
+// another origin), bounded retries with back-off and jitter honouring Retry-After,
+// connect/header/body-idle time-outs, and the upstream's rate-limit headers.
+
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Readable } from 'node:stream';
+import { Agent, request, type Dispatcher } from 'undici';
+import type { Logger } from 'pino';
+import type { Clock } from '../clock.js';
+import { RegistryError } from '../oci/errors.js';
+import { parseTokenResponse, parseWwwAuthenticate, TokenCache, type Challenge } from './auth.js';
+import type { UpstreamRegistry } from './registry.js';
+
+export interface UpstreamRequest {
+  method: 'GET' | 'HEAD';
+  /** Path below the registry's base URL, e.g. `/v2/library/alpine/manifests/3.19`. */
+  path: string;
+  /** The repository whose pull scope the request needs; none for `/v2/`. */
+  repository?: string;
+  headers?: Record<string, string>;
+}
+
+export interface UpstreamResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Readable & { dump(opts?: { limit: number }): Promise<void>; text(): Promise<string> };
+}
+
+export interface RateLimit {
+  limit: number | undefined;
+  remaining: number | undefined;
+  updatedAt: number;
+}
+
+export interface UpstreamClientOptions {
+  dispatcher: Dispatcher;
+  tokens: TokenCache;
+  clock: Clock;
+  logger: Logger;
+  retries: { attempts: number; baseDelayMs: number; maxDelayMs: number };
+}
+
+const RETRYABLE_STATUS = new Set([429, 500, 502, 503, 504]);
+const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
+const MAX_REDIRECTS = 5;
+const USER_AGENT = 'registry-mirror/0.1 (+pull-through cache)';
+
+export function createUpstreamAgent(timeouts: { connectMs: number; headersMs: number; bodyIdleMs: number }): Agent {
+  return new Agent({
+    connect: { timeout: timeouts.connectMs },
+    headersTimeout: timeouts.headersMs,
+    bodyTimeout: timeouts.bodyIdleMs,
+    keepAliveTimeout: 30_000,
+  });
+}
+
+export function headerValue(headers: UpstreamResponse['headers'], name: string): string | undefined {
+  const v = headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** Seconds or an HTTP date → ms to wait; undefined when absent or unreadable. */
+export function parseRetryAfter(value: string | undefined, now: number): number | undefined {
+  if (!value) return undefined;
+  if (/^\d+$/.test(value.trim())) return Number(value.trim()) * 1000;
+  const at = Date.parse(value);
+  return Number.isFinite(at) ? Math.max(0, at - now) : undefined;
+}
+
+/** `76;w=21600` → 76 */
+function parseRateLimitNumber(value: string | undefined): number | undefined {
+  if (!value) return undefined;
+  const n = Number.parseInt(value.split(';')[0]!.trim(), 10);
+  return Number.isFinite(n) ? n : undefined;
+}
+
+/** An error from undici or the network, in words for the client's error detail. */
+export function describeNetworkError(err: unknown): string {
+  if (err && typeof err === 'object') {
+    const e = err as { code?: string; message?: string; cause?: { code?: string; message?: string } };
+    const code = e.code ?? e.cause?.code;
+    const message = e.cause?.message ?? e.message ?? String(err);
+    return code ? `${code}: ${message}` : message;
+  }
+  return String(err);
+}
+
+export class UpstreamClient {
+  rateLimit: RateLimit | undefined;
+  private challenge: Challenge | undefined;
+  private readonly origin: string;
+
+  constructor(
+    readonly registry: UpstreamRegistry,
+    private readonly options: UpstreamClientOptions,
+  ) {
+    this.origin = new URL(registry.url).origin;
+  }
+
+  /**
+   * Send a GET or HEAD, retrying network errors and 429/5xx within the configured bounds.
+   * Resolves with whatever final response the upstream gave (including 4xx/5xx after the
+   * retries): the caller decides what a status means. Rejects with a RegistryError
+   * (UNAVAILABLE) when the upstream could not be reached at all.
+   */
+  async request(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const { attempts, baseDelayMs, maxDelayMs } = this.options.retries;
+    // Total waiting across retries is bounded too, not only the count.
+    const budgetMs = maxDelayMs * 2;
+    let waited = 0;
+    for (let attempt = 0; ; attempt++) {
+      let response: UpstreamResponse | undefined;
+      let failure: unknown;
+      try {
+        response = await this.send(req);
+      } catch (err) {
+        if (err instanceof RegistryError) throw err;
+        failure = err;
+      }
+      const retryable = failure !== undefined || (response !== undefined && RETRYABLE_STATUS.has(response.status));
+      if (!retryable || attempt >= attempts) {
+        if (response) return response;
+        throw this.unreachable(failure);
+      }
+      const backoff = Math.min(maxDelayMs, baseDelayMs * 2 ** attempt) * (0.5 + Math.random() / 2);
+      const retryAfter = response ? parseRetryAfter(headerValue(response.headers, 'retry-after'), this.options.clock.now()) : undefined;
+      const delay = retryAfter ?? backoff;
+      if (waited + delay > budgetMs) {
+        // A long Retry-After (Docker Hub's pull limit) is not worth waiting for here.
+        if (response) return response;
+        throw this.unreachable(failure);
+      }
+      if (response) await response.body.dump().catch(() => undefined);
+      this.options.logger.debug(
+        { upstream: this.registry.name, path: req.path, attempt: attempt + 1, delayMs: Math.round(delay), status: response?.status, err: failure ? describeNetworkError(failure) : undefined },
+        'retrying upstream request',
+      );
+      waited += delay;
+      await sleep(delay);
+    }
+  }
+
+  private unreachable(err: unknown): RegistryError {
+    return new RegistryError('UNAVAILABLE', `upstream ${this.registry.name} is unreachable: ${describeNetworkError(err)}`, {
+      status: 502,
+      detail: { upstream: this.registry.name, cause: describeNetworkError(err) },
+      cause: err,
+    });
+  }
+
+  /** One attempt: authorise, send, answer one 401 by re-negotiating, follow redirects. */
+  private async send(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const scope = req.repository ? `repository:${req.repository}:pull` : undefined;
+    const url = new URL(this.registry.url + req.path);
+    const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...req.headers };
+    let authorization = await this.authorization(scope, false);
+    let response = await this.dispatch(url, req.method, headers, authorization);
+    if (response.status === 401) {
+      const challenges = parseWwwAuthenticate(headerValue(response.headers, 'www-authenticate'));
+      await response.body.dump().catch(() => undefined);
+      const usable = challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic');
+      if (usable) this.challenge = usable;
+      // The token may have expired mid-pull, or the challenge is new: negotiate once more.
+      authorization = await this.authorization(scope ?? usable?.params.scope, true);
+      if (authorization) response = await this.dispatch(url, req.method, headers, authorization);
+      else {
+        // Re-send to hand the caller a fresh 401 with a readable body.
+        response = await this.dispatch(url, req.method, headers, undefined);
+      }
+    }
+    return this.followRedirects(url, req.method, headers, authorization, response);
+  }
+
+  private async followRedirects(
+    start: URL,
+    method: 'GET' | 'HEAD',
+    headers: Record<string, string>,
+    authorization: string | undefined,
+    first: UpstreamResponse,
+  ): Promise<UpstreamResponse> {
+    let response = first;
+    let url = start;
+    for (let hops = 0; REDIRECT_STATUS.has(response.status); hops++) {
+      const location = headerValue(response.headers, 'location');
+      if (!location || hops >= MAX_REDIRECTS) return response;
+      await response.body.dump().catch(() => undefined);
+      url = new URL(location, url);
+      // Never hand the upstream's credentials to another origin (Docker Hub's CDN).
+      const auth = url.origin === this.origin ? authorization : undefined;
+      response = await this.dispatch(url, method, headers, auth);
+    }
+    return response;
+  }
+
+  private async dispatch(url: URL, method: 'GET' | 'HEAD', headers: Record<string, string>, authorization: string | undefined): Promise<UpstreamResponse> {
+    const all = authorization ? { ...headers, authorization } : headers;
+    const res = await request(url, { method, headers: all, dispatcher: this.options.dispatcher });
+    this.recordRateLimit(res.headers);
+    return { status: res.statusCode, headers: res.headers, body: res.body as unknown as UpstreamResponse['body'] };
+  }
+
+  private recordRateLimit(headers: Record<string, string | string[] | undefined>): void {
+    const remaining = parseRateLimitNumber(headerValue(headers, 'ratelimit-remaining'));
+    if (remaining === undefined) return;
+    this.rateLimit = { limit: parseRateLimitNumber(headerValue(headers, 'ratelimit-limit')), remaining, updatedAt: this.options.clock.now() };
+  }
+
+  /** The Authorization header for a scope, from what the challenge asked for. */
+  private async authorization(scope: string | undefined, renew: boolean): Promise<string | undefined> {
+    const challenge = this.challenge;
+    if (!challenge) return undefined;
+    const creds = this.registry.credentials;
+    if (challenge.scheme === 'basic') {
+      return creds ? `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}` : undefined;
+    }
+    if (challenge.scheme !== 'bearer' || !challenge.params.realm) return undefined;
+    const realm = challenge.params.realm;
+    const service = challenge.params.service ?? '';
+    const key = TokenCache.key(this.registry.name, service, scope ?? '');
+    if (renew) this.options.tokens.invalidate(key);
+    const token = await this.options.tokens.getOrFetch(key, () => this.fetchToken(realm, service, scope));
+    return `Bearer ${token}`;
+  }
+
+  private async fetchToken(realm: string, service: string, scope: string | undefined) {
+    const url = new URL(realm);
+    if (service) url.searchParams.set('service', service);
+    if (scope) url.searchParams.set('scope', scope);
+    const headers: Record<string, string> = { 'user-agent': USER_AGENT };
+    const creds = this.registry.credentials;
+    if (creds) headers.authorization = `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}`;
+    let res;
+    try {
+      res = await request(url, { method: 'GET', headers, dispatcher: this.options.dispatcher });
+    } catch (err) {
+      throw new RegistryError('UNAVAILABLE', `token service of ${this.registry.name} is unreachable: ${describeNetworkError(err)}`, {
+        status: 502,
+        detail: { upstream: this.registry.name, realm: url.origin, cause: describeNetworkError(err) },
+        cause: err,
+      });
+    }
+    const text = await res.body.text();
+    if (res.statusCode !== 200) {
+      const code = res.statusCode === 429 ? 'TOOMANYREQUESTS' : res.statusCode === 401 || res.statusCode === 403 ? 'DENIED' : 'UNAVAILABLE';
+      throw new RegistryError(code, `token service of ${this.registry.name} answered ${res.statusCode}`, {
+        status: code === 'UNAVAILABLE' ? 502 : undefined,
+        detail: { upstream: this.registry.name, status: res.statusCode, scope },
+      });
+    }
+    try {
+      return parseTokenResponse(JSON.parse(text), this.options.clock.now());
+    } catch (err) {
+      throw new RegistryError('UNAVAILABLE', `token service of ${this.registry.name} answered garbage: ${(err as Error).message}`, {
+        status: 502,
+        detail: { upstream: this.registry.name },
+      });
+    }
+  }
+}

@@ -1,0 +1,50 @@
+// One upstream registry as the mirror sees it: where it lives, how long its tags are
+// trusted, which repositories may be pulled through it, and its naming rules.
+
+import type { UpstreamConfig } from '../config.js';
+
+function globToRegExp(glob: string): RegExp {
+  let out = '';
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i]!;
+    if (c === '*') {
+      if (glob[i + 1] === '*') {
+        out += '.*';
+        i++;
+      } else out += '[^/]*';
+    } else if (c === '?') out += '[^/]';
+    else out += c.replace(/[.+^${}()|[\]\\]/g, '\\$&');
+  }
+  return new RegExp(`^${out}$`);
+}
+
+export class UpstreamRegistry {
+  readonly name: string;
+  readonly url: string;
+  readonly ttlMs: number;
+  readonly alias: string | undefined;
+  readonly allowSchema1: boolean;
+  readonly credentials: { username: string; password: string } | undefined;
+  private readonly libraryPrefix: boolean;
+  private readonly allowed: RegExp[];
+
+  constructor(config: UpstreamConfig) {
+    this.name = config.name;
+    this.url = config.url;
+    this.ttlMs = config.ttlMs;
+    this.alias = config.alias;
+    this.allowSchema1 = config.allowSchema1;
+    this.libraryPrefix = config.libraryPrefix;
+    this.credentials = config.username && config.password ? { username: config.username, password: config.password } : undefined;
+    this.allowed = config.repositories.map(globToRegExp);
+  }
+
+  /** The repository name as the upstream knows it: Docker Hub's `alpine` is `library/alpine`. */
+  canonicalRepository(name: string): string {
+    return this.libraryPrefix && !name.includes('/') ? `library/${name}` : name;
+  }
+
+  allows(repository: string): boolean {
+    return this.allowed.some((re) => re.test(repository));
+  }
+}
