@@ -1,0 +1,66 @@
+import { describe, expect, it } from 'vitest';
+import { buildConfig, ConfigError } from '../../src/config.js';
+
+function problems(doc: unknown, opts: Parameters<typeof buildConfig>[1] = {}): string[] {
+  try {
+    buildConfig(doc, opts);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  return [];
+}
+
+describe('configuration', () => {
+  it('defaults to Docker Hub on :5000 with the cache in ./data', () => {
+    const c = buildConfig({}, {});
+    expect(c.listen).toEqual({ host: '0.0.0.0', port: 5000 });
+    expect(c.storage.path).toBe('./data');
+    expect(c.upstreams).toEqual([expect.objectContaining({ name: 'docker.io', url: 'https://registry-1.docker.io', ttlMs: 600_000, libraryPrefix: true })]);
+    expect(Object.isFrozen(c.upstreams[0])).toBe(true);
+  });
+
+  it('reports every bad key with its path at once', () => {
+    const found = problems({ listen: 'nowhere', storage: { path: '', maxSize: 'huge' }, ttl: '5 fortnights', upstreams: { 'docker.io': { url: 'ftp://x', colour: 'red' } }, bogus: 1 });
+    expect(found).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/^listen: /),
+        expect.stringMatching(/^storage\.path: /),
+        expect.stringMatching(/^storage\.maxSize: /),
+        expect.stringMatching(/^ttl: /),
+        expect.stringMatching(/^upstreams\.docker\.io\.url: /),
+        expect.stringMatching(/^upstreams\.docker\.io: unknown key "colour"/),
+        expect.stringMatching(/^\(root\): unknown key "bogus"/),
+      ]),
+    );
+  });
+
+  it('substitutes ${ENV} and says which variable is missing', () => {
+    const env = { HUB_TOKEN: 's3cret' };
+    const c = buildConfig({ upstreams: { 'docker.io': { url: 'https://registry-1.docker.io', username: 'me', password: '${HUB_TOKEN}' } } }, { env });
+    expect(c.upstreams[0]!.password).toBe('s3cret');
+    expect(problems({ upstreams: { 'docker.io': { url: 'https://x', username: 'me', password: '${NOPE}' } } })).toEqual(
+      expect.arrayContaining([expect.stringMatching(/upstreams\.docker\.io\.password: environment variable NOPE is not set/)]),
+    );
+  });
+
+  it('applies file < MIRROR_* env < flags', () => {
+    const doc = { listen: '127.0.0.1:6000', ttl: '1h', storage: { path: '/file' } };
+    const env = { MIRROR_STORAGE: '/env', MIRROR_PORT: '7000', MIRROR_TTL: '2h' };
+    const c = buildConfig(doc, { env, overrides: { storage: '/flag', upstream: 'http://127.0.0.1:9999/' } });
+    expect(c.storage.path).toBe('/flag');
+    expect(c.listen).toEqual({ host: '127.0.0.1', port: 7000 });
+    expect(c.upstreams[0]!.ttlMs).toBe(7_200_000);
+    expect(c.upstreams[0]!.url).toBe('http://127.0.0.1:9999');
+    expect(c.upstreams[0]!.name).toBe('docker.io');
+  });
+
+  it('--ttl overrides per-upstream TTLs too', () => {
+    const c = buildConfig({ upstreams: { 'docker.io': { url: 'https://a', ttl: '1h' }, 'ghcr.io': { url: 'https://ghcr.io', ttl: '5m' } } }, { overrides: { ttl: '0' } });
+    expect(c.upstreams.map((u) => u.ttlMs)).toEqual([0, 0]);
+  });
+
+  it('refuses a default upstream that is not configured', () => {
+    expect(problems({ defaultUpstream: 'quay.io' })).toEqual([expect.stringMatching(/^defaultUpstream: /)]);
+  });
+});
