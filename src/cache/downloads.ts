@@ -262,7 +262,9 @@ class GrowingFileReader extends Readable {
       this.push(null);
       return;
     }
-    const available = d.written;
+    // The last byte of the blob is held back until the digest is verified: a client must
+    // never receive a complete body whose content turns out wrong (it would keep it).
+    const available = d.state === 'done' ? d.written : Math.min(d.written, (total ?? Infinity) - 1);
     if (this.position >= available) {
       if (d.state === 'done') {
         this.push(null);
