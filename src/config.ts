@@ -109,6 +109,23 @@ const configSchema = z.strictObject({
       maxDelay: duration.prefault('5s'),
     })
     .prefault({}),
+  breaker: z
+    .strictObject({
+      /** Consecutive failed requests after which an upstream is marked down (0 = never). */
+      failures: z.number().int().min(0).prefault(5),
+      /** How long it stays down before one probe request tests it again. */
+      cooldown: duration.prefault('30s'),
+    })
+    .prefault({}),
+  revalidation: z
+    .strictObject({
+      /** Upper bound on tag revalidations per upstream per second (0 = unbounded); past it, stale tags are served. */
+      perSecond: z.number().min(0).prefault(50),
+      burst: z.number().int().min(1).prefault(100),
+      /** When an upstream reports fewer pulls left than this (ratelimit-remaining), tags are not revalidated. */
+      rateLimitReserve: z.number().int().min(0).prefault(10),
+    })
+    .prefault({}),
   downloads: z
     .strictObject({
       /** How many times one blob download resumes after a dropped connection. */
@@ -143,6 +160,8 @@ export interface Config {
   upstreams: UpstreamConfig[];
   timeouts: { connectMs: number; headersMs: number; bodyIdleMs: number };
   retries: { attempts: number; baseDelayMs: number; maxDelayMs: number };
+  breaker: { failures: number; cooldownMs: number };
+  revalidation: { perSecond: number; burst: number; rateLimitReserve: number };
   downloads: { resumeAttempts: number; writeTimeoutMs: number };
 }
 
@@ -314,6 +333,8 @@ export function buildConfig(
     upstreams,
     timeouts: { connectMs: parsed.timeouts.connect, headersMs: parsed.timeouts.headers, bodyIdleMs: parsed.timeouts.bodyIdle },
     retries: { attempts: parsed.retries.attempts, baseDelayMs: parsed.retries.baseDelay, maxDelayMs: parsed.retries.maxDelay },
+    breaker: { failures: parsed.breaker.failures, cooldownMs: parsed.breaker.cooldown },
+    revalidation: parsed.revalidation,
     downloads: { resumeAttempts: parsed.downloads.resumeAttempts, writeTimeoutMs: parsed.downloads.writeTimeout },
   };
   return deepFreeze(config);

@@ -9,6 +9,7 @@ import { FileBlobStore } from './cache/blob-store.js';
 import { Downloads, type BlobDownload, type DownloadSource } from './cache/downloads.js';
 import { expiryFrom, tagFreshness } from './cache/freshness.js';
 import { CacheIndex, type TagRow } from './cache/index.js';
+import { TokenBucket } from './cache/rate-limiter.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
 import { MirrorMetrics } from './metrics.js';
@@ -22,6 +23,9 @@ import { createUpstreamAgent, describeNetworkError, headerValue, UpstreamClient,
 import { UpstreamRegistry } from './upstream/registry.js';
 import { UpstreamRouter, type Route } from './upstream/router.js';
 import type { Agent } from 'undici';
+
+/** Why a stale tag was served (a metric label: a few fixed values). */
+type StaleReason = 'upstream-error' | 'rate-limit-reserve' | 'revalidation-budget';
 
 /** How a request was answered, for the access log and metrics. */
 export type CacheOutcome = 'hit' | 'miss' | 'coalesced' | 'revalidated' | 'stale';
@@ -90,6 +94,8 @@ export class Mirror {
   /** Single-flight for manifest fetches and tag revalidations. */
   private readonly inFlight = new Map<string, Promise<ManifestResult>>();
   private readonly flushTimer: NodeJS.Timeout;
+  /** Per upstream: revalidations are bounded in rate, not only made cheap. */
+  private readonly revalidationBudget = new Map<string, TokenBucket>();
 
   private constructor(options: MirrorOptions) {
     this.config = options.config;
@@ -107,8 +113,11 @@ export class Mirror {
     for (const u of upstreams) {
       this.clients.set(
         u.name,
-        new UpstreamClient(u, { dispatcher: this.agent, tokens, clock: this.clock, logger: this.logger, retries: this.config.retries }),
+        new UpstreamClient(u, {
+          dispatcher: this.agent, tokens, clock: this.clock, logger: this.logger, retries: this.config.retries, breaker: this.config.breaker,
+        }),
       );
+      this.revalidationBudget.set(u.name, new TokenBucket(this.config.revalidation.perSecond, this.config.revalidation.burst, this.clock));
     }
     this.downloads = new Downloads(this.store, {
       resumeAttempts: this.config.downloads.resumeAttempts,
@@ -188,6 +197,18 @@ export class Mirror {
   /** A stale tag: ask the upstream with a HEAD (free on Docker Hub's pull limit). */
   private async revalidateTag(route: Route, row: TagRow, key: string, acceptTypes: string[]): Promise<ManifestResult> {
     const stale = await this.storedManifest(parseDigest(row.digest));
+    if (stale) {
+      // Spend neither the upstream's pull budget nor our revalidation budget when they run low.
+      const rateLimit = this.client(route).rateLimit;
+      const reserve = this.config.revalidation.rateLimitReserve;
+      if (rateLimit?.remaining !== undefined && rateLimit.remaining <= reserve) {
+        this.extendFreshness(row, key);
+        return this.serveStale(route, row, stale, `rate limit nearly spent (${rateLimit.remaining} left)`, 'rate-limit-reserve');
+      }
+      if (!this.revalidationBudget.get(route.upstream.name)!.tryTake()) {
+        return this.serveStale(route, row, stale, 'revalidation rate limit reached', 'revalidation-budget');
+      }
+    }
     let response: UpstreamResponse;
     try {
       response = await this.upstreamRequest(route, 'manifest', {
@@ -230,8 +251,17 @@ export class Mirror {
     throw error;
   }
 
-  private serveStale(route: Route, row: TagRow, stale: StoredManifest, reason: string): ManifestResult {
-    this.metrics.staleServed.inc({ upstream: route.upstream.name, reason: reason.slice(0, 40) });
+  /** Trust a tag for another TTL without asking (the upstream's budget is nearly spent). */
+  private extendFreshness(row: TagRow, key: string): void {
+    const now = this.clock.now();
+    const ttl = this.router.get(row.upstream)?.ttlMs ?? 0;
+    const updated: TagRow = { ...row, expiresAt: expiryFrom(now, ttl) };
+    this.index.touchTag(row.upstream, row.repo, row.tag, row.accept, row.checkedAt, updated.expiresAt);
+    this.tagCache.set(key, updated);
+  }
+
+  private serveStale(route: Route, row: TagRow, stale: StoredManifest, reason: string, category: StaleReason = 'upstream-error'): ManifestResult {
+    this.metrics.staleServed.inc({ upstream: route.upstream.name, reason: category });
     this.logger.warn({ upstream: route.upstream.name, repository: route.repository, tag: row.tag, reason }, 'serving stale tag: upstream could not revalidate it');
     const age = Math.max(0, Math.round((this.clock.now() - row.checkedAt) / SECOND));
     return {

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import { RegistryError } from '../oci/errors.js';
 import { parseTokenResponse, parseWwwAuthenticate, TokenCache, type Challenge } from './auth.js';
+import { CircuitBreaker } from './breaker.js';
 import type { UpstreamRegistry } from './registry.js';
 
 export interface UpstreamRequest {
@@ -39,6 +40,7 @@ export interface UpstreamClientOptions {
   clock: Clock;
   logger: Logger;
   retries: { attempts: number; baseDelayMs: number; maxDelayMs: number };
+  breaker: { failures: number; cooldownMs: number };
 }
 
 const RETRYABLE_STATUS = new Set([429, 500, 502, 503, 504]);
@@ -88,6 +90,7 @@ export function describeNetworkError(err: unknown): string {
 
 export class UpstreamClient {
   rateLimit: RateLimit | undefined;
+  readonly breaker: CircuitBreaker;
   private challenge: Challenge | undefined;
   private readonly origin: string;
 
@@ -96,6 +99,7 @@ export class UpstreamClient {
     private readonly options: UpstreamClientOptions,
   ) {
     this.origin = new URL(registry.url).origin;
+    this.breaker = new CircuitBreaker(options.breaker.failures, options.breaker.cooldownMs, options.clock);
   }
 
   /**
@@ -105,6 +109,30 @@ export class UpstreamClient {
    * (UNAVAILABLE) when the upstream could not be reached at all.
    */
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const permit = this.breaker.acquire();
+    if (!permit.allowed) {
+      const seconds = Math.ceil(this.breaker.retryInMs() / 1000);
+      throw new RegistryError('UNAVAILABLE', `upstream ${this.registry.name} is marked down after repeated failures; next try in ${seconds}s`, {
+        status: 503,
+        detail: { upstream: this.registry.name, breaker: this.breaker.state },
+        headers: { 'retry-after': String(Math.max(1, seconds)) },
+      });
+    }
+    let response: UpstreamResponse;
+    try {
+      response = await this.requestWithRetries(req);
+    } catch (err) {
+      if (err instanceof RegistryError && err.code !== 'UNAVAILABLE') this.breaker.release(permit.probe);
+      else this.breaker.failure(permit.probe);
+      throw err;
+    }
+    if (response.status >= 500) this.breaker.failure(permit.probe);
+    else if (response.status === 429) this.breaker.release(permit.probe);
+    else this.breaker.success(permit.probe);
+    return response;
+  }
+
+  private async requestWithRetries(req: UpstreamRequest): Promise<UpstreamResponse> {
     const { attempts, baseDelayMs, maxDelayMs } = this.options.retries;
     // Total waiting across retries is bounded too, not only the count.
     const budgetMs = maxDelayMs * 2;

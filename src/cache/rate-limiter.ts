@@ -1,0 +1,26 @@
+/** A token bucket: at most `burst` at once, refilled at `perSecond`. Bounds revalidation rate. */
+import type { Clock } from '../clock.js';
+
+export class TokenBucket {
+  private tokens: number;
+  private updatedAt: number;
+
+  constructor(
+    private readonly perSecond: number,
+    private readonly burst: number,
+    private readonly clock: Clock,
+  ) {
+    this.tokens = burst;
+    this.updatedAt = clock.now();
+  }
+
+  tryTake(): boolean {
+    if (this.perSecond <= 0) return true; // 0 = unbounded
+    const now = this.clock.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.updatedAt) / 1000) * this.perSecond);
+    this.updatedAt = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}
