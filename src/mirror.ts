@@ -13,7 +13,7 @@ import { TokenBucket } from './cache/rate-limiter.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
 import { MirrorMetrics } from './metrics.js';
-import { digestOf } from './oci/digest.js';
+import { digestOf, DigestVerifier } from './oci/digest.js';
 import { parseErrorBody, RegistryError } from './oci/errors.js';
 import { childDigests, MAX_MANIFEST_BYTES, parseManifest } from './oci/manifest.js';
 import { negotiateAccept } from './oci/media-types.js';
@@ -70,6 +70,21 @@ export interface MirrorOptions {
 }
 
 const SECOND = 1000;
+
+/**
+ * The cache's disk cannot take this blob: the download is not started, and the waiting
+ * client is served straight from the upstream response instead (verified, not stored).
+ */
+class NoRoomForBlob extends Error {
+  readonly code = 'ENOSPC';
+  claimed = false;
+  constructor(
+    readonly response: UpstreamResponse,
+    readonly size: number | undefined,
+  ) {
+    super('not enough free space in the cache for this blob');
+  }
+}
 
 export class Mirror {
   readonly config: Config;
@@ -307,12 +322,23 @@ export class Mirror {
     const parsed = parseManifest(bytes, headerValue(response.headers, 'content-type'));
     const digest = parseDigest(computed);
     const now = this.clock.now();
-    await this.store.write(digest, bytes);
-    this.index.putManifest(
-      { digest: computed, mediaType: parsed.mediaType, size: bytes.length, children: childDigests(parsed) },
-      { upstream: route.upstream.name, repo: route.repository },
-      now,
-    );
+    try {
+      await this.store.write(digest, bytes);
+    } catch (err) {
+      // Disk full or failing: the client still gets its verified manifest, uncached.
+      this.logger.error({ digest: computed, err: (err as Error).message }, 'could not store manifest; serving it uncached');
+      return { digest: computed, mediaType: parsed.mediaType, bytes, outcome: 'miss' };
+    }
+    try {
+      this.index.putManifest(
+        { digest: computed, mediaType: parsed.mediaType, size: bytes.length, children: childDigests(parsed) },
+        { upstream: route.upstream.name, repo: route.repository },
+        now,
+      );
+    } catch (err) {
+      this.logger.error({ digest: computed, err: (err as Error).message }, 'could not index manifest; serving it uncached');
+      return { digest: computed, mediaType: parsed.mediaType, bytes, outcome: 'miss' };
+    }
     this.linkCache.set(linkKey(route, computed), true);
     const stored: StoredManifest = { digest: computed, mediaType: parsed.mediaType, bytes };
     this.manifestCache.set(computed, stored);
@@ -322,8 +348,12 @@ export class Mirror {
         digest: computed, mediaType: parsed.mediaType, fetchedAt: now, checkedAt: now,
         expiresAt: expiryFrom(now, route.upstream.ttlMs),
       };
-      this.index.putTag(row);
-      this.tagCache.set(tag.key, row);
+      try {
+        this.index.putTag(row);
+        this.tagCache.set(tag.key, row);
+      } catch (err) {
+        this.logger.error({ tag: reference, err: (err as Error).message }, 'could not record tag in the index');
+      }
     }
     return { ...stored, outcome: 'miss' };
   }
@@ -387,12 +417,50 @@ export class Mirror {
         })
         .finally(() => this.metrics.downloadsInFlight.dec());
     }
-    await download.ready;
+    try {
+      await download.ready;
+    } catch (err) {
+      if (err instanceof NoRoomForBlob) return this.passThrough(route, digest, err);
+      throw err;
+    }
     return {
       digest: digest.value,
       size: download.totalSize,
       outcome,
       open: (start, end) => this.readDownload(download, digest, start, end),
+    };
+  }
+
+  /**
+   * The disk is full: stream the upstream's bytes to this client without storing them.
+   * The last chunk is held back until the digest matches, as for a cached download.
+   */
+  private async passThrough(route: Route, digest: Digest, full: NoRoomForBlob): Promise<BlobResult> {
+    this.logger.warn({ digest: digest.value, size: full.size, storage: this.config.storage.path }, 'cache disk is full: passing the blob through without storing it');
+    let response = full.response;
+    if (full.claimed) {
+      // Another client took that response: ask again.
+      response = await this.upstreamRequest(route, 'blob', { method: 'GET', path: `/v2/${route.repository}/blobs/${digest.value}` });
+      if (response.status !== 200) {
+        await response.body.dump().catch(() => undefined);
+        throw this.statusError(route, response, 'blob', '', digest.value);
+      }
+    }
+    full.claimed = true;
+    const body = response.body;
+    return {
+      digest: digest.value,
+      size: full.size,
+      outcome: 'miss',
+      open: (start, end) => {
+        if (start !== 0 || (end !== undefined && full.size !== undefined && end < full.size - 1)) {
+          body.destroy();
+          const refused = new Readable({ read() {} });
+          refused.destroy(new Error('ranges are not served while the cache disk is full'));
+          return refused;
+        }
+        return Readable.from(verifyWhileStreaming(body, digest));
+      },
     };
   }
 
@@ -458,6 +526,9 @@ export class Mirror {
         if (response.status === 200) {
           const length = headerValue(response.headers, 'content-length');
           const totalSize = length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined;
+          if (offset === 0 && totalSize !== undefined && !(await this.store.hasSpaceFor(totalSize))) {
+            throw new NoRoomForBlob(response, totalSize);
+          }
           // An upstream that ignores Range sends it all again: skip what we have.
           return { body: offset > 0 ? skipBytes(response.body, offset) : response.body, totalSize };
         }
@@ -631,6 +702,19 @@ async function readLimited(body: Readable, limit: number): Promise<Buffer> {
     chunks.push(chunk);
   }
   return Buffer.concat(chunks, total);
+}
+
+/** Pass bytes on as they come but hold the last chunk until the digest matches. */
+async function* verifyWhileStreaming(body: Readable, digest: Digest): AsyncGenerator<Buffer> {
+  const verifier = new DigestVerifier(digest);
+  let held: Buffer | undefined;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    verifier.update(chunk);
+    if (held) yield held;
+    held = chunk;
+  }
+  if (verifier.finish() !== digest.value) throw new Error(`upstream content does not match ${digest.value}`);
+  if (held) yield held;
 }
 
 function skipBytes(body: Readable, count: number): Readable {

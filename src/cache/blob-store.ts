@@ -10,7 +10,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { createReadStream, constants as fsConstants, type ReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Digest } from '../oci/reference.js';
 
@@ -75,6 +75,18 @@ export class FileBlobStore {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
+    }
+  }
+
+  /** Is there room for `bytes` more (plus a margin) on the cache's filesystem? */
+  async hasSpaceFor(bytes: number): Promise<boolean> {
+    try {
+      const fs = await statfs(this.tmpDir);
+      const free = fs.bavail * fs.bsize;
+      const margin = Math.min(64 * 1024 * 1024, fs.blocks * fs.bsize * 0.01);
+      return free - margin >= bytes;
+    } catch {
+      return true; // cannot tell: try, and let a write error decide
     }
   }
 

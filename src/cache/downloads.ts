@@ -166,7 +166,12 @@ export class BlobDownload extends EventEmitter {
     this.totalSize = this.written;
     this.state = 'done';
     this.clearIdleTimer();
-    this.options.onCommitted(this.digest, this.written);
+    try {
+      this.options.onCommitted(this.digest, this.written);
+    } catch (err) {
+      // The bytes are safely in the store; the index can be repaired (mirror verify).
+      this.options.logger.error({ digest: this.digest.value, err: (err as Error).message }, 'could not record a committed blob in the index');
+    }
     this.resolveFinished();
     this.emit('progress');
   }
