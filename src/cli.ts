@@ -66,6 +66,7 @@ async function serve(options: CommonOptions & ConfigOverrides): Promise<void> {
     },
     'mirror listening',
   );
+  logger.flush();
 
   let stopping = false;
   const stop = async (signal: string) => {
