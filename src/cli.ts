@@ -2,7 +2,10 @@
 // The `mirror` command. `serve` runs the mirror; later commands (prewarm, export, import,
 // gc, verify, ls, stats, client-config) share the same configuration options.
 
-import { Command, Option } from 'commander';
+import { Argument, Command, Option } from 'commander';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { clientConfig, type ClientKind } from './client-config.js';
 import { ConfigError, loadConfig, type Config, type ConfigOverrides } from './config.js';
 import { createLogger } from './log.js';
 import { createMirror } from './mirror.js';
@@ -106,6 +109,37 @@ withConfigOptions(
     .option('-p, --port <port>', 'port to listen on, keeping the configured host (env MIRROR_PORT)')
     .option('--offline', 'never contact an upstream; serve only what is cached (env MIRROR_OFFLINE)'),
 ).action((options: CommonOptions & ConfigOverrides) => serve(options));
+
+withConfigOptions(
+  program
+    .command('client-config')
+    .description('print ready-to-use client configuration for this mirror')
+    .addArgument(new Argument('<client>', 'the client to configure').choices(['docker', 'containerd', 'podman']))
+    .requiredOption('--url <url>', 'the URL clients reach the mirror at, e.g. http://mirror.example:5000')
+    .option('-o, --output-dir <dir>', 'write the files under this directory (same layout as their paths) instead of printing them'),
+).action((client: ClientKind, options: CommonOptions & { url: string; outputDir?: string }) => {
+  const config = configFrom(options);
+  let url: URL;
+  try {
+    url = new URL(options.url);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('scheme');
+  } catch {
+    process.stderr.write(`mirror: --url must be an http(s) URL, got "${options.url}"\n`);
+    process.exit(2);
+  }
+  for (const file of clientConfig(client, url.href, config)) {
+    if (options.outputDir) {
+      // Drop the system prefix: /etc/containerd/certs.d/docker.io/hosts.toml -> <dir>/docker.io/hosts.toml
+      const relative = file.path.replace(/^\/etc\/(containerd\/certs\.d|docker|containers(\/registries\.conf\.d)?)\//, '');
+      const target = join(options.outputDir, relative);
+      mkdirSync(dirname(target), { recursive: true });
+      writeFileSync(target, file.content);
+      process.stdout.write(`wrote ${target}\n`);
+    } else {
+      process.stdout.write(`# ${file.path}\n${file.content}\n`);
+    }
+  }
+});
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`mirror: ${err instanceof Error ? err.message : String(err)}\n`);
