@@ -9,6 +9,9 @@ import { clientConfig, type ClientKind } from './client-config.js';
 import { ConfigError, loadConfig, type Config, type ConfigOverrides } from './config.js';
 import { createLogger } from './log.js';
 import { createMirror } from './mirror.js';
+import { gcCache, openCache, statsOf, verifyCache } from './maintenance.js';
+import { formatBytes, parseSize } from './units.js';
+import { UpstreamRegistry } from './upstream/registry.js';
 import { startServer } from './server/app.js';
 
 interface CommonOptions {
@@ -31,6 +34,8 @@ function withConfigOptions(cmd: Command): Command {
 }
 
 function configFrom(options: CommonOptions & ConfigOverrides): Config {
+  // `--upstream` is a URL for serve; for ls it may also name an upstream to filter by.
+  if (options.upstream && !options.upstream.includes('://')) options = { ...options, upstream: undefined };
   try {
     return loadConfig({
       file: options.config,
@@ -109,6 +114,149 @@ withConfigOptions(
     .option('-p, --port <port>', 'port to listen on, keeping the configured host (env MIRROR_PORT)')
     .option('--offline', 'never contact an upstream; serve only what is cached (env MIRROR_OFFLINE)'),
 ).action((options: CommonOptions & ConfigOverrides) => serve(options));
+
+function printTable(rows: Record<string, string | number>[], columns: string[]): void {
+  if (rows.length === 0) return;
+  const widths = columns.map((c) => Math.max(c.length, ...rows.map((r) => String(r[c] ?? '').length)));
+  const line = (cells: string[]) => cells.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd();
+  process.stdout.write(`${line(columns.map((c) => c.toUpperCase()))}\n`);
+  for (const r of rows) process.stdout.write(`${line(columns.map((c) => String(r[c] ?? '')))}\n`);
+}
+
+function ago(ms: number | null | undefined): string {
+  if (!ms) return '-';
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 120) return `${s}s ago`;
+  if (s < 7200) return `${Math.round(s / 60)}m ago`;
+  if (s < 172800) return `${Math.round(s / 3600)}h ago`;
+  return `${Math.round(s / 86400)}d ago`;
+}
+
+withConfigOptions(program.command('gc').description('evict least recently used content now (down to the low watermark, or --target) and report what was freed'))
+  .option('--target <size>', 'evict until the cache holds at most this much, e.g. 10GiB (default: storage.lowWatermark × storage.maxSize)')
+  .option('--json', 'print the report as JSON')
+  .action(async (options: CommonOptions & { target?: string; json?: boolean }) => {
+    const config = configFrom(options);
+    let target: number | undefined;
+    if (options.target !== undefined) {
+      target = parseSize(options.target);
+      if (target === undefined) {
+        process.stderr.write(`mirror: --target "${options.target}" is not a size (e.g. 10GiB)\n`);
+        process.exit(2);
+      }
+    }
+    const cache = await openCache(config);
+    try {
+      const r = await gcCache(cache, config, target);
+      if (options.json) process.stdout.write(`${JSON.stringify(r)}\n`);
+      else {
+        process.stdout.write(
+          `evicted ${r.evicted} objects, freed ${formatBytes(r.freedBytes)}; cache now ${formatBytes(r.usageAfter)} (was ${formatBytes(r.usageBefore)})` +
+            `${r.missingRemoved ? `; forgot ${r.missingRemoved} index entries whose files were gone` : ''}\n`,
+        );
+      }
+    } finally {
+      cache.close();
+    }
+  });
+
+withConfigOptions(program.command('verify').description('re-hash every stored object; remove corrupt ones and repair the index (exit 1 if anything was wrong)'))
+  .option('--json', 'print the report as JSON')
+  .action(async (options: CommonOptions & { json?: boolean }) => {
+    const config = configFrom(options);
+    const cache = await openCache(config);
+    try {
+      const r = await verifyCache(cache);
+      if (options.json) process.stdout.write(`${JSON.stringify(r)}\n`);
+      else {
+        process.stdout.write(`checked ${r.checked} objects (${formatBytes(r.bytes)})\n`);
+        for (const d of r.corrupt) process.stdout.write(`corrupt, removed: ${d}\n`);
+        for (const d of r.missing) process.stdout.write(`indexed but missing on disk, forgotten: ${d}\n`);
+        for (const d of r.adopted) process.stdout.write(`verified but not indexed, adopted: ${d}\n`);
+        if (r.corrupt.length + r.missing.length === 0) process.stdout.write('all good\n');
+      }
+      if (r.corrupt.length + r.missing.length > 0) process.exitCode = 1;
+    } finally {
+      cache.close();
+    }
+  });
+
+withConfigOptions(program.command('ls').description('list cached repositories and tags with their sizes and when they were last pulled'))
+  .argument('[repository]', 'only this repository, as users write it: alpine, docker.io/library/alpine, ghcr.io/org/app')
+  .option('--json', 'print JSON')
+  .action(async (repository: string | undefined, options: CommonOptions & { json?: boolean }) => {
+    const upstreamName = options.upstream && !options.upstream.includes('://') ? options.upstream : undefined;
+    const config = configFrom(options);
+    let upstream = upstreamName;
+    let repo: string | undefined;
+    if (repository) {
+      const slash = repository.indexOf('/');
+      const first = slash > 0 ? repository.slice(0, slash) : '';
+      const named = config.upstreams.find((u) => u.name === first || u.alias === first);
+      const u = named ?? config.upstreams.find((x) => x.name === (upstream ?? config.defaultUpstream));
+      if (!u) {
+        process.stderr.write(`mirror: no upstream named ${upstream}\n`);
+        process.exit(2);
+      }
+      upstream = u.name;
+      repo = new UpstreamRegistry(u).canonicalRepository(named ? repository.slice(slash + 1) : repository);
+    }
+    const cache = await openCache(config);
+    try {
+      const rows = cache.index.listTagsDetailed(upstream, repo);
+      if (options.json) {
+        process.stdout.write(`${JSON.stringify(rows)}\n`);
+        return;
+      }
+      if (rows.length === 0) {
+        process.stdout.write('nothing cached\n');
+        return;
+      }
+      printTable(
+        rows.map((r) => ({
+          repository: `${r.upstream}/${r.repo}`,
+          tag: r.tag + (r.pinned ? ' (pinned)' : ''),
+          digest: r.digest.slice(0, 19),
+          size: formatBytes(r.bytes),
+          fetched: ago(r.fetchedAt),
+          'last pulled': ago(r.lastPull),
+        })),
+        ['repository', 'tag', 'digest', 'size', 'fetched', 'last pulled'],
+      );
+    } finally {
+      cache.close();
+    }
+  });
+
+withConfigOptions(program.command('stats').description('cache objects, bytes, hit ratio and the busiest repositories'))
+  .option('--json', 'print JSON')
+  .action(async (options: CommonOptions & { json?: boolean }) => {
+    const config = configFrom(options);
+    const cache = await openCache(config);
+    try {
+      const s = statsOf(cache);
+      if (options.json) {
+        process.stdout.write(`${JSON.stringify(s)}\n`);
+        return;
+      }
+      const cap = config.storage.maxSize > 0 ? ` of ${formatBytes(config.storage.maxSize)}` : '';
+      process.stdout.write(
+        `objects:    ${s.objects} (${s.blobs} blobs, ${s.manifests} manifests)\n` +
+          `stored:     ${formatBytes(s.bytes)}${cap}\n` +
+          `requests:   ${s.requests}, hit ratio ${s.hitRatio === undefined ? '-' : `${(s.hitRatio * 100).toFixed(1)}%`}\n` +
+          `served:     ${formatBytes(s.bytesFromCache)} from cache, ${formatBytes(s.bytesFromUpstream)} from upstreams\n`,
+      );
+      if (s.topRepositories.length > 0) {
+        process.stdout.write('\n');
+        printTable(
+          s.topRepositories.map((r) => ({ repository: `${r.upstream}/${r.repo}`, pulls: r.pulls, served: formatBytes(r.bytes), 'last pulled': ago(r.lastPull) })),
+          ['repository', 'pulls', 'served', 'last pulled'],
+        );
+      }
+    } finally {
+      cache.close();
+    }
+  });
 
 withConfigOptions(
   program

@@ -74,6 +74,10 @@ const configSchema = z.strictObject({
       path: z.string().min(1).prefault('./data'),
       /** 0 = unbounded. */
       maxSize: size.prefault(0),
+      /** Eviction starts past this fraction of maxSize… */
+      highWatermark: z.number().gt(0).max(1).prefault(0.9),
+      /** …and removes least recently used content until usage is under this one. */
+      lowWatermark: z.number().gt(0).max(1).prefault(0.8),
     })
     .prefault({}),
   log: z
@@ -153,7 +157,7 @@ export interface UpstreamConfig {
 export interface Config {
   listen: { host: string; port: number };
   tls: { cert: string; key: string } | undefined;
-  storage: { path: string; maxSize: number };
+  storage: { path: string; maxSize: number; highWatermark: number; lowWatermark: number };
   log: ParsedConfig['log'];
   offline: boolean;
   defaultUpstream: string;
@@ -320,6 +324,9 @@ export function buildConfig(
   }
   for (const u of upstreams) {
     if (u.username && !u.password) more.push(`upstreams.${u.name}.password: required when username is set`);
+  }
+  if (parsed.storage.lowWatermark >= parsed.storage.highWatermark) {
+    more.push('storage.lowWatermark: must be below storage.highWatermark');
   }
   if (more.length > 0) throw new ConfigError(more, source);
 

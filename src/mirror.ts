@@ -10,6 +10,7 @@ import { Downloads, type BlobDownload, type DownloadSource } from './cache/downl
 import { expiryFrom, tagFreshness } from './cache/freshness.js';
 import { CacheIndex, type TagRow } from './cache/index.js';
 import { TokenBucket } from './cache/rate-limiter.js';
+import { Evictor } from './cache/eviction.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
 import { MirrorMetrics } from './metrics.js';
@@ -95,6 +96,9 @@ export class Mirror {
   readonly store: FileBlobStore;
   readonly index: CacheIndex;
   readonly downloads: Downloads;
+  readonly evictor: Evictor;
+  /** Open store read streams per digest: content being served is never evicted. */
+  private readonly serving = new Map<string, number>();
   private readonly agent: Agent;
   private readonly clients = new Map<string, UpstreamClient>();
   /** Manifest bytes by digest, bounded by bytes: the hot path never touches the disk. */
@@ -138,8 +142,15 @@ export class Mirror {
       resumeAttempts: this.config.downloads.resumeAttempts,
       writeTimeoutMs: this.config.downloads.writeTimeoutMs,
       logger: this.logger,
-      onCommitted: (digest, size) => this.index.putBlob(digest.value, size, this.clock.now()),
+      onCommitted: (digest, size) => {
+        this.index.putBlob(digest.value, size, this.clock.now());
+        this.evictor.added(size);
+      },
     });
+    this.evictor = new Evictor(this.store, this.index, this.config.storage, this.logger, () => this.clock.now(), (digest) =>
+      (this.serving.get(digest) ?? 0) > 0 || this.downloads.get(parseDigest(digest)) !== undefined,
+      (digest) => this.forgetInMemory(digest),
+    );
     this.flushTimer = setInterval(() => this.index.flushAccessTimes(), 5 * SECOND);
     this.flushTimer.unref();
   }
@@ -340,6 +351,7 @@ export class Mirror {
       return { digest: computed, mediaType: parsed.mediaType, bytes, outcome: 'miss' };
     }
     this.linkCache.set(linkKey(route, computed), true);
+    this.evictor.added(bytes.length);
     const stored: StoredManifest = { digest: computed, mediaType: parsed.mediaType, bytes };
     this.manifestCache.set(computed, stored);
     if (tag) {
@@ -397,7 +409,7 @@ export class Mirror {
         digest: digest.value,
         size: stat.size,
         outcome: 'hit',
-        open: (start, end) => this.store.createReadStream(digest, start, end),
+        open: (start, end) => this.serveFromStore(digest, start, end),
       };
     }
     if (this.config.offline) throw this.offlineMiss('BLOB_UNKNOWN', route, digest.value);
@@ -464,6 +476,23 @@ export class Mirror {
     };
   }
 
+  /** Drop in-memory copies of content that left the store (evicted, or found corrupt). */
+  forgetInMemory(digest: string): void {
+    this.manifestCache.delete(digest);
+    for (const [key, row] of this.tagCache.entries()) if (row.digest === digest) this.tagCache.delete(key);
+  }
+
+  private serveFromStore(digest: Digest, start: number, end: number | undefined): Readable {
+    const stream = this.store.createReadStream(digest, start, end);
+    this.serving.set(digest.value, (this.serving.get(digest.value) ?? 0) + 1);
+    stream.once('close', () => {
+      const n = (this.serving.get(digest.value) ?? 1) - 1;
+      if (n <= 0) this.serving.delete(digest.value);
+      else this.serving.set(digest.value, n);
+    });
+    return stream;
+  }
+
   /** What a HEAD needs: the size, without starting a download. */
   async statBlob(route: Route, digest: Digest): Promise<BlobResult> {
     const stat = await this.store.stat(digest);
@@ -489,7 +518,7 @@ export class Mirror {
   /** Follow a running download, or the store once it has committed. */
   private readDownload(download: BlobDownload, digest: Digest, start: number, end: number | undefined): Readable {
     if (download.state === 'running') return download.createReader(start, end);
-    if (download.state === 'done') return this.store.createReadStream(digest, start, end);
+    if (download.state === 'done') return this.serveFromStore(digest, start, end);
     if (download.state === 'failed') {
       const failed = new Readable({ read() {} });
       failed.destroy(download.error ?? new Error('download failed'));

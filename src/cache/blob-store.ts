@@ -39,10 +39,12 @@ export class FileBlobStore {
   }
 
   /** Create the layout and remove leftovers of downloads that never finished. */
-  async init(): Promise<{ sweptTempFiles: number }> {
+  async init({ sweep = true }: { sweep?: boolean } = {}): Promise<{ sweptTempFiles: number }> {
     await mkdir(this.blobsDir, { recursive: true });
     await mkdir(this.tmpDir, { recursive: true });
     let swept = 0;
+    // Maintenance commands run beside a live server: only the server sweeps.
+    if (!sweep) return { sweptTempFiles: 0 };
     for (const name of await readdir(this.tmpDir)) {
       await rm(join(this.tmpDir, name), { force: true, recursive: true });
       swept++;

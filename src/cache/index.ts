@@ -18,6 +18,19 @@ export interface TagRow {
   expiresAt: number;
 }
 
+export interface RepoActivity {
+  pulls: number;
+  bytes: number;
+  lastPull: number;
+}
+
+export interface StoredEntry {
+  digest: string;
+  size: number;
+  kind: 'blob' | 'manifest';
+  lastAccess: number;
+}
+
 export interface ManifestRow {
   digest: string;
   mediaType: string;
@@ -46,6 +59,14 @@ const MIGRATIONS: string[] = [
    CREATE TABLE links (upstream TEXT NOT NULL, repo TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (upstream, repo, digest)) WITHOUT ROWID;
    CREATE INDEX links_by_digest ON links (digest);
    CREATE TABLE pins (upstream TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (upstream, repo, tag)) WITHOUT ROWID;`,
+  // 2: what `mirror stats` reports: hit ratio and the busiest repositories, kept across restarts.
+  `CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+   CREATE TABLE repo_stats (
+     upstream TEXT NOT NULL, repo TEXT NOT NULL, pulls INTEGER NOT NULL, bytes INTEGER NOT NULL, last_pull INTEGER NOT NULL,
+     PRIMARY KEY (upstream, repo)
+   ) WITHOUT ROWID;
+   CREATE INDEX blobs_by_access ON blobs (last_access);
+   CREATE INDEX manifests_by_access ON manifests (last_access);`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -72,6 +93,8 @@ function toTagRow(r: TagDbRow): TagRow {
 export class CacheIndex {
   readonly db: Database.Database;
   private readonly pendingAccess = new Map<string, number>();
+  private readonly pendingCounters = new Map<string, number>();
+  private readonly pendingRepos = new Map<string, RepoActivity & { upstream: string; repo: string }>();
   private readonly s: {
     getTag: Statement<[string, string, string, string], TagDbRow>;
     putTag: Statement<[string, string, string, string, string, string, number, number, number]>;
@@ -89,6 +112,8 @@ export class CacheIndex {
     putRef: Statement<[string, string]>;
     touchBlob: Statement<[number, string]>;
     touchManifest: Statement<[number, string]>;
+    addCounter: Statement<[string, number]>;
+    addRepoStats: Statement<[string, string, number, number, number]>;
   };
 
   constructor(path: string) {
@@ -126,6 +151,12 @@ export class CacheIndex {
       putRef: db.prepare('INSERT OR IGNORE INTO refs (parent, child) VALUES (?, ?)'),
       touchBlob: db.prepare('UPDATE blobs SET last_access = max(last_access, ?) WHERE digest = ?'),
       touchManifest: db.prepare('UPDATE manifests SET last_access = max(last_access, ?) WHERE digest = ?'),
+      addCounter: db.prepare('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value'),
+      addRepoStats: db.prepare(
+        `INSERT INTO repo_stats (upstream, repo, pulls, bytes, last_pull) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (upstream, repo) DO UPDATE SET pulls = pulls + excluded.pulls, bytes = bytes + excluded.bytes,
+           last_pull = max(last_pull, excluded.last_pull)`,
+      ),
     };
   }
 
@@ -214,17 +245,132 @@ export class CacheIndex {
     this.pendingAccess.set(digest, at);
   }
 
+  /** Count a served request (outcome counters and per-repository activity); flushed in batches. */
+  recordRequest(upstream: string, repo: string, outcome: string, bytes: number, isPull: boolean, at: number): void {
+    this.pendingCounters.set(`requests.${outcome}`, (this.pendingCounters.get(`requests.${outcome}`) ?? 0) + 1);
+    const source = outcome === 'hit' || outcome === 'stale' || outcome === 'revalidated' ? 'cache' : 'upstream';
+    if (bytes > 0) this.pendingCounters.set(`bytes.${source}`, (this.pendingCounters.get(`bytes.${source}`) ?? 0) + bytes);
+    const key = `${upstream}\u0000${repo}`;
+    const r = this.pendingRepos.get(key) ?? { upstream, repo, pulls: 0, bytes: 0, lastPull: 0 };
+    if (isPull) r.pulls++;
+    r.bytes += bytes;
+    r.lastPull = Math.max(r.lastPull, at);
+    this.pendingRepos.set(key, r);
+  }
+
   flushAccessTimes(): number {
-    if (this.pendingAccess.size === 0) return 0;
+    if (this.pendingAccess.size === 0 && this.pendingCounters.size === 0 && this.pendingRepos.size === 0) return 0;
     const entries = [...this.pendingAccess];
+    const counters = [...this.pendingCounters];
+    const repos = [...this.pendingRepos.values()];
     this.pendingAccess.clear();
+    this.pendingCounters.clear();
+    this.pendingRepos.clear();
     this.db.transaction(() => {
       for (const [digest, at] of entries) {
         this.s.touchBlob.run(at, digest);
         this.s.touchManifest.run(at, digest);
       }
+      for (const [name, value] of counters) this.s.addCounter.run(name, value);
+      for (const r of repos) this.s.addRepoStats.run(r.upstream, r.repo, r.pulls, r.bytes, r.lastPull);
     })();
     return entries.length;
+  }
+
+  // ------------------------------------------------------------ lifecycle (gc, verify, ls, stats)
+
+  usage(): { blobs: number; manifests: number; bytes: number } {
+    const b = this.db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes FROM blobs').get() as { n: number; bytes: number };
+    const m = this.db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes FROM manifests').get() as { n: number; bytes: number };
+    return { blobs: b.n, manifests: m.n, bytes: b.bytes + m.bytes };
+  }
+
+  /** Least recently used first. */
+  *entriesByAccess(): Generator<StoredEntry> {
+    const rows = this.db
+      .prepare(
+        `SELECT digest, size, 'blob' AS kind, last_access AS lastAccess FROM blobs
+         UNION ALL SELECT digest, size, 'manifest' AS kind, last_access AS lastAccess FROM manifests
+         ORDER BY lastAccess, digest`,
+      )
+      .iterate() as IterableIterator<StoredEntry>;
+    yield* rows;
+  }
+
+  /** Content that eviction must keep: pinned images and fresh tags' manifests, with everything they reference. */
+  protectedDigests(now: number): Set<string> {
+    const rows = this.db
+      .prepare(
+        `WITH RECURSIVE keep(digest) AS (
+           SELECT t.digest FROM tags t JOIN pins p ON p.upstream = t.upstream AND p.repo = t.repo AND p.tag = t.tag
+           UNION SELECT digest FROM tags WHERE expires_at > ?
+           UNION SELECT r.child FROM refs r JOIN keep k ON r.parent = k.digest
+         ) SELECT digest FROM keep`,
+      )
+      .all(now) as { digest: string }[];
+    return new Set(rows.map((r) => r.digest));
+  }
+
+  /** Forget an object (evicted or corrupt): its rows and the tags that point at it. */
+  forget(digest: string): void {
+    this.db.transaction(() => {
+      this.s.deleteBlob.run(digest);
+      this.s.deleteManifest.run(digest);
+      this.db.prepare('DELETE FROM tags WHERE digest = ?').run(digest);
+    })();
+  }
+
+  isIndexed(digest: string): boolean {
+    return this.s.getBlob.get(digest) !== undefined || this.s.getManifest.get(digest) !== undefined;
+  }
+
+  allIndexedDigests(): { digest: string; size: number; kind: 'blob' | 'manifest' }[] {
+    return this.db
+      .prepare(`SELECT digest, size, 'blob' AS kind FROM blobs UNION ALL SELECT digest, size, 'manifest' AS kind FROM manifests`)
+      .all() as { digest: string; size: number; kind: 'blob' | 'manifest' }[];
+  }
+
+  pin(upstream: string, repo: string, tag: string): void {
+    this.db.prepare('INSERT OR IGNORE INTO pins (upstream, repo, tag) VALUES (?, ?, ?)').run(upstream, repo, tag);
+  }
+
+  /** Every cached tag with its manifest, the bytes it references that are cached, and when it was last pulled. */
+  listTagsDetailed(upstream?: string, repo?: string): {
+    upstream: string; repo: string; tag: string; digest: string; mediaType: string; fetchedAt: number; checkedAt: number;
+    bytes: number; lastPull: number | null; pinned: number;
+  }[] {
+    return this.db
+      .prepare(
+        `WITH RECURSIVE closure(root, digest) AS (
+           SELECT DISTINCT digest, digest FROM tags
+           UNION SELECT c.root, r.child FROM refs r JOIN closure c ON r.parent = c.digest
+         ),
+         sizes AS (
+           SELECT c.root, sum(coalesce(b.size, 0) + coalesce(m.size, 0)) AS bytes
+           FROM closure c LEFT JOIN blobs b ON b.digest = c.digest LEFT JOIN manifests m ON m.digest = c.digest
+           GROUP BY c.root
+         )
+         SELECT t.upstream, t.repo, t.tag, t.digest, t.media_type AS mediaType, t.fetched_at AS fetchedAt, t.checked_at AS checkedAt,
+                coalesce(s.bytes, 0) AS bytes, rs.last_pull AS lastPull,
+                EXISTS (SELECT 1 FROM pins p WHERE p.upstream = t.upstream AND p.repo = t.repo AND p.tag = t.tag) AS pinned
+         FROM tags t LEFT JOIN sizes s ON s.root = t.digest
+         LEFT JOIN repo_stats rs ON rs.upstream = t.upstream AND rs.repo = t.repo
+         WHERE (@upstream IS NULL OR t.upstream = @upstream) AND (@repo IS NULL OR t.repo = @repo)
+         GROUP BY t.upstream, t.repo, t.tag
+         ORDER BY t.upstream, t.repo, t.tag`,
+      )
+      .all({ upstream: upstream ?? null, repo: repo ?? null }) as ReturnType<CacheIndex['listTagsDetailed']>;
+  }
+
+  counters(): Record<string, number> {
+    const rows = this.db.prepare('SELECT name, value FROM counters').all() as { name: string; value: number }[];
+    return Object.fromEntries(rows.map((r) => [r.name, r.value]));
+  }
+
+  topRepositories(limit: number): { upstream: string; repo: string; pulls: number; bytes: number; lastPull: number }[] {
+    return this.db
+      .prepare('SELECT upstream, repo, pulls, bytes, last_pull AS lastPull FROM repo_stats ORDER BY pulls DESC, bytes DESC LIMIT ?')
+      .all(limit) as { upstream: string; repo: string; pulls: number; bytes: number; lastPull: number }[];
   }
 
   close(): void {

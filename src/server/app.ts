@@ -175,7 +175,11 @@ function accessLog(mirror: Mirror, ctx: RequestContext): void {
   const ms = Math.round((performance.now() - ctx.started) * 100) / 100;
   const status = ctx.res.statusCode;
   const complete = ctx.res.writableFinished;
-  mirror.metrics.requests.inc({ route: routeLabel(ctx.path), status: String(status), outcome: ctx.outcome ?? 'none' });
+  const route = routeLabel(ctx.path);
+  mirror.metrics.requests.inc({ route, status: String(status), outcome: ctx.outcome ?? 'none' });
+  if (ctx.outcome && ctx.upstream && ctx.repository) {
+    mirror.index.recordRequest(ctx.upstream, ctx.repository, ctx.outcome, ctx.bytes, route === 'manifest' && ctx.req.method === 'GET', mirror.clock.now());
+  }
   if (!mirror.config.log.access) return;
   mirror.logger.info(
     {
