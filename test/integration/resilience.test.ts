@@ -69,7 +69,7 @@ describe('stale-if-error', () => {
     expect(r.status).toBe(200);
     expect(r.headers['docker-content-digest']).toBe(tag.digest);
     expect(r.headers.warning).toMatch(/^110 registry-mirror "Response is stale: upstream docker\.io unavailable/);
-    expect(mirror.accessLog().at(-1)).toMatchObject({ outcome: 'stale', status: 200 });
+    expect(await mirror.accessFor(r.headers)).toMatchObject({ outcome: 'stale', status: 200 });
     expect((await staleTotal()) - before).toBe(1);
     upstream.fault = undefined;
     // Once the upstream is back, the next request revalidates it with one HEAD.
