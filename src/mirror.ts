@@ -581,7 +581,8 @@ export class Mirror {
         const body = await readLimited(response.body, 16 * 1024 * 1024);
         if (response.status === 200) {
           const parsed = JSON.parse(body.toString('utf8')) as { tags?: unknown };
-          const tags = Array.isArray(parsed.tags) ? parsed.tags.filter((t): t is string => typeof t === 'string') : [];
+          // The spec wants lexical order; distribution's unpaginated answer is in storage order.
+          const tags = Array.isArray(parsed.tags) ? parsed.tags.filter((t): t is string => typeof t === 'string').sort() : [];
           const hasNext = /rel="?next"?/.test(headerValue(response.headers, 'link') ?? '');
           return { name: clientName, tags, next: hasNext ? tags.at(-1) : undefined, outcome: 'miss' };
         }
