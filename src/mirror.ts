@@ -584,7 +584,9 @@ export class Mirror {
           // The spec wants lexical order; distribution's unpaginated answer is in storage order.
           const tags = Array.isArray(parsed.tags) ? parsed.tags.filter((t): t is string => typeof t === 'string').sort() : [];
           const hasNext = /rel="?next"?/.test(headerValue(response.headers, 'link') ?? '');
-          return { name: clientName, tags, next: hasNext ? tags.at(-1) : undefined, outcome: 'miss' };
+          if (hasNext) return { name: clientName, tags, next: tags.at(-1), outcome: 'miss' };
+          // An upstream without pagination (distribution 2.x ignores n and last) sent it all: page it here.
+          return { ...paginate(tags, n, last), name: clientName, outcome: 'miss' };
         }
         failure = this.statusError(route, response, 'tags', body.toString('utf8'));
         if (response.status === 404) throw failure;
