@@ -3,7 +3,12 @@
 // gc, verify, ls, stats, client-config) share the same configuration options.
 
 import { Argument, Command, Option } from 'commander';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import cliProgress from 'cli-progress';
+import pino from 'pino';
+import { exportBundle, importBundle } from './airgap/bundle.js';
+import { prewarm, type PrewarmProgress } from './airgap/prewarm.js';
+import { parsePlatform, type Platform } from './oci/manifest.js';
 import { dirname, join } from 'node:path';
 import { clientConfig, type ClientKind } from './client-config.js';
 import { ConfigError, loadConfig, type Config, type ConfigOverrides } from './config.js';
@@ -131,6 +136,141 @@ function ago(ms: number | null | undefined): string {
   if (s < 172800) return `${Math.round(s / 3600)}h ago`;
   return `${Math.round(s / 86400)}d ago`;
 }
+
+function platformsFrom(options: { platform?: string; allPlatforms?: boolean }): Platform[] | undefined {
+  if (options.allPlatforms) return undefined;
+  const text = options.platform ?? `linux/${process.arch === 'x64' ? 'amd64' : process.arch}`;
+  try {
+    return text.split(',').map((p) => parsePlatform(p.trim()));
+  } catch (err) {
+    process.stderr.write(`mirror: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+}
+
+function imagesFrom(refs: string[], file: string | undefined): string[] {
+  const all = [...refs];
+  if (file) {
+    const text = file === '-' ? readFileSync(0, 'utf8') : readFileSync(file, 'utf8');
+    for (const line of text.split('\n')) {
+      const ref = line.replace(/#.*/, '').trim();
+      if (ref) all.push(ref);
+    }
+  }
+  if (all.length === 0) {
+    process.stderr.write('mirror: no images given (arguments or -f FILE)\n');
+    process.exit(2);
+  }
+  return all;
+}
+
+/** The core without the HTTP server, for commands that pull (prewarm, export, import). */
+async function coreFor(options: CommonOptions & ConfigOverrides) {
+  const config = configFrom(options);
+  const logger = pino({ level: config.log.level === 'info' ? 'warn' : config.log.level }, pino.destination(2));
+  return createMirror({ config, logger });
+}
+
+withConfigOptions(program.command('prewarm').description('fill the cache with images, through the same core as a client pull'))
+  .argument('[images...]', 'references as users write them: alpine:3.19, ghcr.io/org/app@sha256:…')
+  .option('-f, --file <file>', 'read more references from a file, one per line (# comments; - for stdin)')
+  .option('--platform <list>', 'platforms to fetch from multi-arch images, e.g. linux/amd64,linux/arm64 (default: this machine\'s)')
+  .option('--all-platforms', 'fetch every platform of multi-arch images')
+  .option('--concurrency <n>', 'images fetched at once', '3')
+  .option('--pin', 'pin the tags so that eviction keeps them')
+  .option('--offline', 'only check what is cached')
+  .action(async (refs: string[], options: CommonOptions & ConfigOverrides & { file?: string; platform?: string; allPlatforms?: boolean; concurrency: string; pin?: boolean }) => {
+    const images = imagesFrom(refs, options.file);
+    const platforms = platformsFrom(options);
+    const mirror = await coreFor(options);
+    const tty = process.stderr.isTTY === true;
+    const multibar = tty
+      ? new cliProgress.MultiBar(
+          { format: ' {bar} {percentage}% | {value_fmt}/{total_fmt} | {speed} | ETA {eta_formatted} | {image}', formatValue: (v, _o, type) => (type === 'value' || type === 'total' ? formatBytes(v) : String(v)), hideCursor: true, clearOnComplete: false, stopOnComplete: false },
+          cliProgress.Presets.shades_classic,
+        )
+      : undefined;
+    const bars = new Map<string, cliProgress.SingleBar>();
+    const started = new Map<string, number>();
+    const done = new Map<string, number>();
+    const overall = multibar?.create(1, 0, { image: 'all images', speed: '' });
+    let overallTotal = 0;
+    let overallDone = 0;
+    const t0 = Date.now();
+    const speed = (bytes: number, since: number) => `${formatBytes(bytes / Math.max(0.001, (Date.now() - since) / 1000))}/s`;
+    const progress: PrewarmProgress = {
+      onStart(image, total) {
+        started.set(image, Date.now());
+        done.set(image, 0);
+        overallTotal += total;
+        overall?.setTotal(Math.max(1, overallTotal));
+        if (multibar) bars.set(image, multibar.create(Math.max(1, total), 0, { image, speed: '' }));
+        else process.stderr.write(`prewarm: ${image}: ${formatBytes(total)} to check\n`);
+      },
+      onBytes(image, bytes) {
+        const d = (done.get(image) ?? 0) + bytes;
+        done.set(image, d);
+        overallDone += bytes;
+        bars.get(image)?.update(d, { image, speed: speed(d, started.get(image) ?? Date.now()) });
+        overall?.update(overallDone, { image: 'all images', speed: speed(overallDone, t0) });
+      },
+      onDone(image, r) {
+        bars.get(image)?.update(r.bytes, { image: `${image} ${r.ok ? 'done' : 'FAILED'}`, speed: speed(r.bytes, started.get(image) ?? Date.now()) });
+        if (!multibar) process.stderr.write(`prewarm: ${image}: ${r.ok ? `ok, ${r.blobs} blobs, ${formatBytes(r.bytes)} (${formatBytes(r.fetchedBytes)} fetched) in ${(r.ms / 1000).toFixed(1)}s` : `FAILED: ${r.error}`}\n`);
+      },
+    };
+    const results = await prewarm(mirror, images, { platforms, pin: !!options.pin, concurrency: Math.max(1, Number(options.concurrency) || 3) }, progress);
+    multibar?.stop();
+    await mirror.close();
+    printTable(
+      results.map((r) => ({ image: r.canonical, status: r.ok ? 'ok' : 'FAILED', blobs: r.blobs, size: formatBytes(r.bytes), fetched: formatBytes(r.fetchedBytes), seconds: (r.ms / 1000).toFixed(1) })),
+      ['image', 'status', 'blobs', 'size', 'fetched', 'seconds'],
+    );
+    const failed = results.filter((r) => !r.ok);
+    if (failed.length > 0) {
+      process.stderr.write(`\n${failed.length} of ${results.length} images failed:\n`);
+      for (const f of failed) process.stderr.write(`  ${f.image}: ${f.error}\n`);
+      process.exitCode = 1;
+    }
+  });
+
+withConfigOptions(program.command('export').description('write images (the chosen platforms) as an OCI image layout archive, for carrying across an air gap'))
+  .argument('[images...]', 'references as users write them')
+  .requiredOption('-o, --output <file>', 'the archive to write, e.g. bundle.tar')
+  .option('-f, --file <file>', 'read more references from a file, one per line')
+  .option('--platform <list>', 'platforms of multi-arch images to include (default: this machine\'s)')
+  .option('--all-platforms', 'include every platform')
+  .action(async (refs: string[], options: CommonOptions & ConfigOverrides & { output: string; file?: string; platform?: string; allPlatforms?: boolean }) => {
+    const images = imagesFrom(refs, options.file);
+    const platforms = platformsFrom(options);
+    const mirror = await coreFor(options);
+    try {
+      const r = await exportBundle(mirror, images, { platforms, output: options.output });
+      process.stdout.write(`wrote ${options.output}: ${r.references.length} images, ${r.blobs} objects, ${formatBytes(r.bytes)}\n`);
+      for (const ref of r.references) process.stdout.write(`  ${ref}\n`);
+    } catch (err) {
+      process.stderr.write(`mirror: export failed: ${(err as Error).message}\n`);
+      process.exitCode = 1;
+    } finally {
+      await mirror.close();
+    }
+  });
+
+withConfigOptions(program.command('import').description('verify an OCI image layout archive and add its content and tags (pinned) to the cache'))
+  .argument('<bundle>', 'the archive written by mirror export (or any OCI layout tar with full reference names)')
+  .action(async (bundle: string, options: CommonOptions & ConfigOverrides) => {
+    const mirror = await coreFor(options);
+    try {
+      const r = await importBundle(mirror, bundle);
+      process.stdout.write(`imported ${r.references.length} images: ${r.blobs} objects, ${formatBytes(r.bytes)} (${r.alreadyCached} already cached)\n`);
+      for (const ref of r.references) process.stdout.write(`  ${ref} (pinned)\n`);
+    } catch (err) {
+      process.stderr.write(`mirror: import refused: ${(err as Error).message}\nnothing was added to the cache\n`);
+      process.exitCode = 1;
+    } finally {
+      await mirror.close();
+    }
+  });
 
 withConfigOptions(program.command('gc').description('evict least recently used content now (down to the low watermark, or --target) and report what was freed'))
   .option('--target <size>', 'evict until the cache holds at most this much, e.g. 10GiB (default: storage.lowWatermark × storage.maxSize)')

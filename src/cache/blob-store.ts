@@ -14,6 +14,15 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, unlink, type 
 import { join } from 'node:path';
 import type { Digest } from '../oci/reference.js';
 
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 export interface StoredObject {
   digest: string;
   size: number;
@@ -46,6 +55,10 @@ export class FileBlobStore {
     // Maintenance commands run beside a live server: only the server sweeps.
     if (!sweep) return { sweptTempFiles: 0 };
     for (const name of await readdir(this.tmpDir)) {
+      // Temp files are named after their process: a live one's (a prewarm or a second server on
+      // the same storage) are still being written.
+      const pid = Number(name.split('-')[0]);
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) continue;
       await rm(join(this.tmpDir, name), { force: true, recursive: true });
       swept++;
     }
@@ -93,7 +106,7 @@ export class FileBlobStore {
   }
 
   async createTemp(): Promise<TempFile> {
-    const path = join(this.tmpDir, `${Date.now().toString(36)}-${randomBytes(8).toString('hex')}`);
+    const path = join(this.tmpDir, `${process.pid}-${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`);
     // Exclusive: two writers never share a temp file.
     const handle = await open(path, fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_RDWR, 0o644);
     return { path, handle };
