@@ -33,6 +33,7 @@ function withConfigOptions(cmd: Command): Command {
     .option('--storage <dir>', 'cache directory (env MIRROR_STORAGE)')
     .option('--upstream <url>', "replace the default upstream's URL, e.g. a private registry or another mirror (env MIRROR_UPSTREAM)")
     .option('--ttl <duration>', 'how long tags are trusted before revalidation, for every upstream: 10m, 1h, 0 (env MIRROR_TTL)')
+    .option('--offline', 'never contact an upstream; use only what is cached (env MIRROR_OFFLINE)')
     .addOption(
       new Option('--log-level <level>', 'log level (env MIRROR_LOG_LEVEL)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     );
@@ -116,8 +117,7 @@ withConfigOptions(
     .command('serve')
     .description('serve the Registry v2 pull API from the cache, falling through to the upstreams')
     .option('--listen <host:port>', 'address to listen on (env MIRROR_LISTEN; default 0.0.0.0:5000)')
-    .option('-p, --port <port>', 'port to listen on, keeping the configured host (env MIRROR_PORT)')
-    .option('--offline', 'never contact an upstream; serve only what is cached (env MIRROR_OFFLINE)'),
+    .option('-p, --port <port>', 'port to listen on, keeping the configured host (env MIRROR_PORT)'),
 ).action((options: CommonOptions & ConfigOverrides) => serve(options));
 
 function printTable(rows: Record<string, string | number>[], columns: string[]): void {
@@ -178,7 +178,6 @@ withConfigOptions(program.command('prewarm').description('fill the cache with im
   .option('--all-platforms', 'fetch every platform of multi-arch images')
   .option('--concurrency <n>', 'images fetched at once', '3')
   .option('--pin', 'pin the tags so that eviction keeps them')
-  .option('--offline', 'only check what is cached')
   .action(async (refs: string[], options: CommonOptions & ConfigOverrides & { file?: string; platform?: string; allPlatforms?: boolean; concurrency: string; pin?: boolean }) => {
     const images = imagesFrom(refs, options.file);
     const platforms = platformsFrom(options);

@@ -162,7 +162,7 @@ export async function importBundle(mirror: Mirror, path: string): Promise<Import
 
   try {
     if (!layout || !/"imageLayoutVersion"\s*:\s*"1\./.test(layout.toString())) throw new BundleError('not an OCI image layout: oci-layout is missing or of an unknown version');
-    if (!indexJson) throw new BundleError('not an OCI image layout: index.json is missing');
+    if (!indexJson) throw new BundleError('index.json is missing: the bundle is truncated, or not an OCI image layout');
     let top: { manifests?: { mediaType?: string; digest?: string; annotations?: Record<string, string> }[] };
     try {
       top = JSON.parse(indexJson.toString()) as typeof top;
