@@ -110,6 +110,8 @@ export async function importBundle(mirror: Mirror, path: string): Promise<Import
   try {
     const extract = tar.extract();
     const reading = pipeline(createReadStream(path), extract);
+    // Stopping early (a bad digest) closes the stream: that rejection is expected, not an error to report.
+    reading.catch(() => undefined);
     for await (const entry of extract) {
       const name = entry.header.name.replace(/^\.\//, '');
       const blob = /^blobs\/(sha256|sha512)\/([a-f0-9]+)$/.exec(name);
