@@ -101,10 +101,10 @@ async function serve(options: CommonOptions & ConfigOverrides): Promise<void> {
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGHUP', () => {
     try {
-      server.reloadTls();
-      logger.info('TLS certificate reloaded');
+      server.reload();
+      logger.info('TLS certificate and htpasswd file reloaded');
     } catch (err) {
-      logger.error({ err }, 'TLS reload failed; keeping the old certificate');
+      logger.error({ err }, 'reload failed; keeping the old certificate and users');
     }
   });
 }

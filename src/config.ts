@@ -69,6 +69,14 @@ const configSchema = z.strictObject({
   tls: z
     .strictObject({ cert: z.string().min(1), key: z.string().min(1) })
     .optional(),
+  /** Authentication of the mirror's own clients (off when absent). */
+  auth: z
+    .strictObject({
+      /** An htpasswd file with bcrypt entries (htpasswd -B). Reloaded on SIGHUP. */
+      htpasswd: z.string().min(1),
+      realm: z.string().prefault('registry-mirror'),
+    })
+    .optional(),
   storage: z
     .strictObject({
       path: z.string().min(1).prefault('./data'),
@@ -157,6 +165,7 @@ export interface UpstreamConfig {
 export interface Config {
   listen: { host: string; port: number };
   tls: { cert: string; key: string } | undefined;
+  auth: { htpasswd: string; realm: string } | undefined;
   storage: { path: string; maxSize: number; highWatermark: number; lowWatermark: number };
   log: ParsedConfig['log'];
   offline: boolean;
@@ -333,6 +342,7 @@ export function buildConfig(
   const config: Config = {
     listen: parsed.listen,
     tls: parsed.tls,
+    auth: parsed.auth,
     storage: parsed.storage,
     log: parsed.log,
     offline: parsed.offline,

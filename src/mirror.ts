@@ -1,6 +1,7 @@
 // The core service: manifests, blobs and tags for a routed request, from the cache when
 // it may, from the upstream when it must. Used by the HTTP server and the CLI alike.
 
+import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { LRUCache } from 'lru-cache';
@@ -161,6 +162,10 @@ export class Mirror {
     const mirror = new Mirror(options);
     if (sweptTempFiles > 0) mirror.logger.info({ sweptTempFiles }, 'removed unfinished downloads left by an earlier run');
     return mirror;
+  }
+
+  clientFor(name: string): UpstreamClient | undefined {
+    return this.clients.get(name);
   }
 
   client(route: Route): UpstreamClient {
@@ -689,6 +694,19 @@ export class Mirror {
     if (response.status !== 200) throw this.statusError(route, response, kind, '', digest.value);
     this.index.putLink(route.upstream.name, route.repository, digest.value);
     this.linkCache.set(linkKey(route, digest.value), true);
+  }
+
+  /** Why the mirror cannot serve now (storage not writable, index closed), or undefined when ready. */
+  async readiness(): Promise<string | undefined> {
+    try {
+      const probe = await this.store.createTemp();
+      await probe.handle.close();
+      await unlink(probe.path);
+    } catch (err) {
+      return `storage not writable: ${(err as Error).message}`;
+    }
+    if (!this.index.db.open) return 'index closed';
+    return undefined;
   }
 
   async close(): Promise<void> {

@@ -12,6 +12,8 @@ import { handleBlob } from './handlers/blobs.js';
 import { handleManifest } from './handlers/manifests.js';
 import { handleTags } from './handlers/tags.js';
 import { matchApiRoute } from './routes.js';
+import { HtpasswdAuth } from './client-auth.js';
+import { renderStatusPage, statusData, type RecentPull } from './status-page.js';
 
 export interface RequestContext {
   req: IncomingMessage;
@@ -35,12 +37,24 @@ export interface MirrorServer {
   url: string;
   /** Stop accepting, let in-flight responses finish until the deadline, then close. */
   close(deadlineMs?: number): Promise<void>;
-  reloadTls(): void;
+  /** SIGHUP: TLS certificate and htpasswd file. */
+  reload(): void;
+}
+
+interface ServerState {
+  shuttingDown: boolean;
+  auth: HtpasswdAuth | undefined;
+  recent: RecentPull[];
 }
 
 export async function startServer(mirror: Mirror, listen = mirror.config.listen): Promise<MirrorServer> {
   const tls = mirror.config.tls;
-  const handler = (req: IncomingMessage, res: ServerResponse) => void handleRequest(mirror, req, res, shuttingDown);
+  const state: ServerState = {
+    shuttingDown: false,
+    auth: mirror.config.auth ? new HtpasswdAuth(mirror.config.auth.htpasswd, mirror.config.auth.realm) : undefined,
+    recent: [],
+  };
+  const handler = (req: IncomingMessage, res: ServerResponse) => void handleRequest(mirror, req, res, state);
   const server = tls
     ? https.createServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, handler)
     : http.createServer(handler);
@@ -48,7 +62,6 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
   server.headersTimeout = 70_000;
   // Long blob downloads to slow clients are normal: no overall request timeout.
   server.requestTimeout = 0;
-  let shuttingDown = { value: false };
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -64,12 +77,12 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
   return {
     server,
     url,
-    reloadTls() {
-      if (!tls || !(server instanceof https.Server)) return;
-      server.setSecureContext({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) });
+    reload() {
+      state.auth?.reload();
+      if (tls && server instanceof https.Server) server.setSecureContext({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) });
     },
     async close(deadlineMs = 10_000) {
-      shuttingDown.value = true;
+      state.shuttingDown = true;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
       const timer = setTimeout(() => server.closeAllConnections(), deadlineMs);
@@ -82,7 +95,7 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
 let requestCounter = 0;
 const requestPrefix = process.pid.toString(36);
 
-async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerResponse, shuttingDown: { value: boolean }): Promise<void> {
+async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerResponse, state: ServerState): Promise<void> {
   const rawUrl = req.url ?? '/';
   const q = rawUrl.indexOf('?');
   const path = q >= 0 ? rawUrl.slice(0, q) : rawUrl;
@@ -96,26 +109,42 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
     bytes: 0,
   };
   res.setHeader('X-Request-Id', ctx.id);
-  if (shuttingDown.value) res.setHeader('Connection', 'close');
-  res.once('close', () => accessLog(mirror, ctx));
+  if (state.shuttingDown) res.setHeader('Connection', 'close');
+  res.once('close', () => accessLog(mirror, ctx, state));
   try {
-    await route(mirror, ctx, shuttingDown.value);
+    await route(mirror, ctx, state);
   } catch (err) {
     sendError(mirror, ctx, err);
   }
 }
 
-async function route(mirror: Mirror, ctx: RequestContext, shuttingDown: boolean): Promise<void> {
+async function route(mirror: Mirror, ctx: RequestContext, state: ServerState): Promise<void> {
   const { req, res } = ctx;
   if (ctx.path === '/healthz') return sendText(res, 200, 'ok\n');
-  if (ctx.path === '/readyz') return sendText(res, shuttingDown ? 503 : 200, shuttingDown ? 'shutting down\n' : 'ready\n');
+  if (ctx.path === '/readyz') {
+    const problem = state.shuttingDown ? 'shutting down' : await mirror.readiness();
+    return sendText(res, problem ? 503 : 200, `${problem ?? 'ready'}\n`);
+  }
   if (ctx.path === '/metrics') {
     res.writeHead(200, { 'Content-Type': mirror.metrics.registry.contentType });
     res.end(await mirror.metrics.registry.metrics());
     return;
   }
-  if (ctx.path === '/' || ctx.path === '') {
-    return sendText(res, 200, `registry-mirror: a pull-through cache for ${mirror.router.upstreams.map((u) => u.name).join(', ')}\n`);
+  if (state.auth && (ctx.path.startsWith('/v2') || ctx.path === '/' || ctx.path === '/status.json')) {
+    const result = await state.auth.check(req.headers.authorization);
+    if (!result.ok) {
+      // Never the password: the user name and why.
+      mirror.logger.warn({ reqId: ctx.id, user: result.user, reason: result.reason, remote: req.socket.remoteAddress }, 'client authentication failed');
+      res.setHeader(API_VERSION_HEADER, 'registry/2.0');
+      throw new RegistryError('UNAUTHORIZED', 'authentication required', { headers: { 'www-authenticate': state.auth.challenge } });
+    }
+  }
+  if (ctx.path === '/' || ctx.path === '/status.json') {
+    const data = statusData(mirror, state.recent);
+    const body = ctx.path === '/' ? renderStatusPage(data) : JSON.stringify(data);
+    res.writeHead(200, { 'Content-Type': ctx.path === '/' ? 'text/html; charset=utf-8' : 'application/json', 'Content-Length': Buffer.byteLength(body), 'Cache-Control': 'no-store' });
+    res.end(req.method === 'HEAD' ? undefined : body);
+    return;
   }
   const api = matchApiRoute(ctx.path);
   if (api.kind === 'unknown') throw new RegistryError('NAME_UNKNOWN', 'no such API endpoint', { status: 404, detail: { path: ctx.path } });
@@ -171,7 +200,7 @@ export function sendError(mirror: Mirror, ctx: RequestContext, err: unknown): vo
   res.end(ctx.req.method === 'HEAD' ? undefined : body);
 }
 
-function accessLog(mirror: Mirror, ctx: RequestContext): void {
+function accessLog(mirror: Mirror, ctx: RequestContext, state: ServerState): void {
   const ms = Math.round((performance.now() - ctx.started) * 100) / 100;
   const status = ctx.res.statusCode;
   const complete = ctx.res.writableFinished;
@@ -179,6 +208,11 @@ function accessLog(mirror: Mirror, ctx: RequestContext): void {
   mirror.metrics.requests.inc({ route, status: String(status), outcome: ctx.outcome ?? 'none' });
   if (ctx.outcome && ctx.upstream && ctx.repository) {
     mirror.index.recordRequest(ctx.upstream, ctx.repository, ctx.outcome, ctx.bytes, route === 'manifest' && ctx.req.method === 'GET', mirror.clock.now());
+    if (route === 'manifest' && ctx.req.method !== 'OPTIONS') {
+      const reference = ctx.path.slice(ctx.path.lastIndexOf('/') + 1);
+      state.recent.push({ at: mirror.clock.now(), upstream: ctx.upstream, repository: ctx.repository, reference, outcome: ctx.outcome, status });
+      if (state.recent.length > 20) state.recent.shift();
+    }
   }
   if (!mirror.config.log.access) return;
   mirror.logger.info(

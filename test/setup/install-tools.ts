@@ -10,6 +10,8 @@ const TOOLS: { binary: string; pkg: string }[] = [
   { binary: '/usr/sbin/dockerd', pkg: 'docker.io' },
   { binary: '/usr/bin/containerd', pkg: 'containerd' },
   { binary: '/usr/bin/openssl', pkg: 'openssl' },
+  // The status page is checked in a real headless browser (driven by playwright-core).
+  { binary: '/usr/bin/chromium', pkg: 'chromium' },
 ];
 
 export default function setup(): void {

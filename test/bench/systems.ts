@@ -1,0 +1,324 @@
+// The three systems under test, each a real process on 127.0.0.1 with its own fresh
+// storage, pointed at the same counting upstream front:
+//  - mirror:       this project, `node dist/cli.js serve` (the production build)
+//  - distribution: Debian's docker-registry in proxy (pull-through cache) mode
+//  - nginx:        Debian's nginx as the classic registry caching proxy (proxy_cache)
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+export type SystemKey = 'mirror' | 'distribution' | 'nginx';
+
+export interface RunningSystem {
+  key: SystemKey;
+  url: string;
+  /** Every process of the system (nginx: master and workers). */
+  pids(): number[];
+  /** Peak resident set (sum of VmHWM over its processes), bytes. */
+  peakRss(): number;
+  logPath: string;
+  stop(): Promise<void>;
+}
+
+/** Everything started and not yet stopped, for the bench's finally/signal cleanup. */
+export const running = new Set<RunningSystem>();
+
+export async function freePort(): Promise<number> {
+  const server = http.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  await new Promise<void>((r) => server.close(() => r()));
+  return port;
+}
+
+function vmHwm(pid: number): number {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid) out.push(Number(entry));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+async function waitForHttp(url: string, timeoutMs: number, alive: () => boolean, output: () => string): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const req = http.get(url, (res) => {
+        res.resume();
+        resolve(true);
+      });
+      req.on('error', () => resolve(false));
+      req.setTimeout(2000, () => req.destroy());
+    });
+    if (ok) return;
+    if (!alive()) throw new Error(`${url}: process exited:\n${output()}`);
+    if (Date.now() > until) throw new Error(`${url} did not come up within ${timeoutMs} ms:\n${output()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function tail(path: string, chars = 3000): string {
+  try {
+    const text = readFileSync(path, 'utf8');
+    return text.slice(-chars);
+  } catch {
+    return '';
+  }
+}
+
+function stopChild(child: ChildProcess, signal: NodeJS.Signals, graceMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill(signal);
+  });
+}
+
+function track(system: RunningSystem): RunningSystem {
+  running.add(system);
+  const stop = system.stop;
+  system.stop = async () => {
+    running.delete(system);
+    await stop();
+  };
+  return system;
+}
+
+function spawnLogged(command: string, args: string[], logPath: string, options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): ChildProcess {
+  const fd = openSync(logPath, 'a');
+  try {
+    return spawn(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ['ignore', fd, fd] });
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The mirror as in production: `node dist/cli.js serve`, access log (stdout) to a file. */
+export async function startMirror(options: { upstreamUrl: string; workDir: string; cpuProfDir?: string }): Promise<RunningSystem> {
+  const dir = mkdtempSync(join(options.workDir, 'mirror-'));
+  const storage = join(dir, 'storage');
+  const logPath = join(dir, 'mirror.log');
+  const port = await freePort();
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MIRROR_') && !k.startsWith('npm_')) env[k] = v;
+  const nodeArgs = options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : [];
+  // cwd = its own directory: the repository's mirror.config.yaml must not apply.
+  const child = spawnLogged(
+    process.execPath,
+    [...nodeArgs, join(ROOT, 'dist/cli.js'), 'serve', '--listen', `127.0.0.1:${port}`, '--storage', storage, '--upstream', options.upstreamUrl, '--log-level', 'info'],
+    logPath,
+    { cwd: dir, env },
+  );
+  const alive = () => child.exitCode === null && child.signalCode === null;
+  const until = Date.now() + 30_000;
+  let url: string | undefined;
+  while (!url) {
+    const line = tail(logPath, 100_000).split('\n').find((l) => l.includes('"msg":"mirror listening"'));
+    const u = line ? /"url":"(http[^"]+)"/.exec(line) : null;
+    if (u) url = u[1];
+    else if (!alive()) throw new Error(`mirror exited (${child.exitCode ?? child.signalCode}):\n${tail(logPath)}`);
+    else if (Date.now() > until) throw new Error(`mirror did not log "mirror listening":\n${tail(logPath)}`);
+    else await new Promise((r) => setTimeout(r, 50));
+  }
+  const pid = child.pid!;
+  let peak = 0;
+  return track({
+    key: 'mirror',
+    url,
+    logPath,
+    pids: () => (alive() ? [pid] : []),
+    peakRss() {
+      if (alive()) peak = Math.max(peak, vmHwm(pid));
+      return peak;
+    },
+    async stop() {
+      this.peakRss();
+      await stopChild(child, 'SIGTERM', 15_000);
+      rmSync(storage, { recursive: true, force: true });
+    },
+  });
+}
+
+/** distribution in proxy mode (a pull-through cache of the upstream front), anonymous. */
+export async function startDistributionProxy(options: { upstreamUrl: string; workDir: string }): Promise<RunningSystem> {
+  const dir = mkdtempSync(join(options.workDir, 'distribution-'));
+  const port = await freePort();
+  const configPath = join(dir, 'config.yml');
+  const logPath = join(dir, 'distribution.log');
+  writeFileSync(
+    configPath,
+    [
+      'version: 0.1',
+      'log:',
+      '  level: warn',
+      '  accesslog:',
+      '    disabled: true',
+      'storage:',
+      '  filesystem:',
+      `    rootdirectory: ${join(dir, 'storage')}`,
+      '  cache:',
+      '    blobdescriptor: inmemory',
+      'http:',
+      `  addr: 127.0.0.1:${port}`,
+      '  secret: bench-secret',
+      'proxy:',
+      `  remoteurl: ${options.upstreamUrl}`,
+      '',
+    ].join('\n'),
+  );
+  const child = spawnLogged('/usr/bin/docker-registry', ['serve', configPath], logPath, { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  const alive = () => child.exitCode === null && child.signalCode === null;
+  const url = `http://127.0.0.1:${port}`;
+  await waitForHttp(`${url}/v2/`, 20_000, alive, () => tail(logPath));
+  const pid = child.pid!;
+  let peak = 0;
+  return track({
+    key: 'distribution',
+    url,
+    logPath,
+    pids: () => (alive() ? [pid] : []),
+    peakRss() {
+      if (alive()) peak = Math.max(peak, vmHwm(pid));
+      return peak;
+    },
+    async stop() {
+      this.peakRss();
+      await stopChild(child, 'SIGTERM', 10_000);
+      rmSync(join(dir, 'storage'), { recursive: true, force: true });
+    },
+  });
+}
+
+/**
+ * nginx as the classic registry cache: a private instance (own prefix, config, pid, temp
+ * and cache dirs). Tag manifests are cached briefly and keyed with the Accept header;
+ * digests (manifests and blobs) for long. proxy_cache_lock makes concurrent misses wait
+ * for the one request that fills the cache; upstream cache headers are ignored.
+ */
+export async function startNginx(options: { upstreamUrl: string; workDir: string }): Promise<RunningSystem> {
+  const dir = mkdtempSync(join(options.workDir, 'nginx-'));
+  for (const d of ['cache', 'temp/client_body', 'temp/proxy', 'temp/fastcgi', 'temp/uwsgi', 'temp/scgi', 'logs']) mkdirSync(join(dir, d), { recursive: true });
+  const port = await freePort();
+  const upstream = new URL(options.upstreamUrl);
+  const logPath = join(dir, 'logs/error.log');
+  const confPath = join(dir, 'nginx.conf');
+  const proxy = [
+    `      proxy_pass http://registry_upstream;`,
+    `      proxy_set_header Host ${upstream.host};`,
+  ];
+  writeFileSync(
+    confPath,
+    [
+      process.getuid?.() === 0 ? 'user root;' : '',
+      'worker_processes auto;',
+      'daemon off;',
+      'master_process on;',
+      `pid ${join(dir, 'nginx.pid')};`,
+      `error_log ${logPath} warn;`,
+      'events { worker_connections 4096; }',
+      'http {',
+      `  access_log ${join(dir, 'logs/access.log')};`,
+      `  client_body_temp_path ${join(dir, 'temp/client_body')};`,
+      `  proxy_temp_path ${join(dir, 'temp/proxy')};`,
+      `  fastcgi_temp_path ${join(dir, 'temp/fastcgi')};`,
+      `  uwsgi_temp_path ${join(dir, 'temp/uwsgi')};`,
+      `  scgi_temp_path ${join(dir, 'temp/scgi')};`,
+      '  sendfile on;',
+      '  tcp_nopush on;',
+      '  tcp_nodelay on;',
+      '  keepalive_timeout 65;',
+      '  keepalive_requests 100000;',
+      `  proxy_cache_path ${join(dir, 'cache')} levels=1:2 keys_zone=registry:32m max_size=20g inactive=7d use_temp_path=off;`,
+      `  upstream registry_upstream { server ${upstream.host}; keepalive 32; }`,
+      '  server {',
+      `    listen 127.0.0.1:${port};`,
+      '    proxy_http_version 1.1;',
+      '    proxy_set_header Connection "";',
+      '    proxy_read_timeout 900s;',
+      '    proxy_cache registry;',
+      '    proxy_cache_lock on;',
+      '    proxy_cache_lock_timeout 880s;',
+      '    proxy_cache_lock_age 880s;',
+      '    proxy_cache_use_stale error timeout updating http_500 http_502 http_503 http_504;',
+      '    proxy_cache_background_update on;',
+      '    proxy_ignore_headers Cache-Control Expires Set-Cookie;',
+      '    add_header X-Cache-Status $upstream_cache_status always;',
+      '    # manifests by digest: immutable',
+      '    location ~ ^/v2/.+/manifests/sha256:[a-f0-9]{64}$ {',
+      '      proxy_cache_key $uri;',
+      '      proxy_cache_valid 200 7d;',
+      ...proxy,
+      '    }',
+      '    # manifests by tag: short, one entry per Accept header',
+      '    location ~ ^/v2/.+/manifests/ {',
+      '      proxy_cache_key $uri$http_accept;',
+      '      proxy_cache_valid 200 1m;',
+      ...proxy,
+      '    }',
+      '    # blobs: immutable',
+      '    location ~ ^/v2/.+/blobs/sha256:[a-f0-9]{64}$ {',
+      '      proxy_cache_key $uri;',
+      '      proxy_cache_valid 200 7d;',
+      ...proxy,
+      '    }',
+      '    location / {',
+      '      proxy_cache off;',
+      ...proxy,
+      '    }',
+      '  }',
+      '}',
+      '',
+    ].join('\n'),
+  );
+  const child = spawnLogged('/usr/sbin/nginx', ['-p', dir, '-c', confPath, '-e', logPath], join(dir, 'logs/stdout.log'));
+  const alive = () => child.exitCode === null && child.signalCode === null;
+  const url = `http://127.0.0.1:${port}`;
+  await waitForHttp(`${url}/v2/`, 20_000, alive, () => tail(logPath) + tail(join(dir, 'logs/stdout.log')));
+  const pid = child.pid!;
+  const peaks = new Map<number, number>();
+  return track({
+    key: 'nginx',
+    url,
+    logPath,
+    pids: () => (alive() ? [pid, ...childrenOf(pid)] : []),
+    peakRss() {
+      for (const p of this.pids()) peaks.set(p, Math.max(peaks.get(p) ?? 0, vmHwm(p)));
+      return [...peaks.values()].reduce((a, b) => a + b, 0);
+    },
+    async stop() {
+      this.peakRss();
+      await stopChild(child, 'SIGTERM', 10_000);
+      rmSync(join(dir, 'cache'), { recursive: true, force: true });
+    },
+  });
+}
+
+export function nginxAvailable(): boolean {
+  return existsSync('/usr/sbin/nginx');
+}

@@ -1,0 +1,199 @@
+// Operating it in production (issue 7): metrics, health, graceful shutdown, TLS with
+// reload, client authentication, and the status page in a real browser.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import bcrypt from 'bcryptjs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../src/clock.js';
+import { pseudoRandomBytes, startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
+import { get } from '../fixtures/http-client.js';
+import { addTinyImage } from '../fixtures/images-fake.js';
+import { startMirror, type TestMirror } from '../fixtures/mirror.js';
+import { skopeoCopy } from '../fixtures/skopeo-client.js';
+
+const MiB = 1024 * 1024;
+let upstream: FakeUpstream;
+const work = mkdtempSync(join(tmpdir(), 'ops-'));
+
+beforeAll(async () => {
+  upstream = await startFakeUpstream({ auth: true });
+});
+afterAll(async () => {
+  await upstream?.stop();
+  rmSync(work, { recursive: true, force: true });
+});
+
+function metricValue(text: string, name: string, labels: Record<string, string>): number {
+  const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    if (wanted.every((w) => line.includes(w))) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
+}
+
+describe('metrics and health', () => {
+  let mirror: TestMirror;
+  const clock = new ManualClock();
+  afterAll(async () => {
+    await mirror?.stop();
+  });
+
+  it('counters move as expected after a miss, a hit and a stale serve', async () => {
+    mirror = await startMirror({ upstreamUrl: upstream.url, clock, ttl: '1m', document: { retries: { attempts: 0 } } });
+    addTinyImage(upstream, 'team/metrics', 'v1', 'metrics');
+    const scrape = async () => (await get(`${mirror.url}/metrics`)).body.toString();
+    const url = `${mirror.url}/v2/team/metrics/manifests/v1`;
+    expect((await get(url)).status).toBe(200);
+    expect((await get(url)).status).toBe(200);
+    clock.advance(2 * 60_000);
+    upstream.fault = () => ({ status: 503 });
+    expect((await get(url)).headers.warning).toBeDefined();
+    upstream.fault = undefined;
+    await new Promise((r) => setTimeout(r, 50));
+    const text = await scrape();
+    expect(metricValue(text, 'mirror_http_requests_total', { route: 'manifest', outcome: 'miss' })).toBe(1);
+    expect(metricValue(text, 'mirror_http_requests_total', { route: 'manifest', outcome: 'hit' })).toBe(1);
+    expect(metricValue(text, 'mirror_http_requests_total', { route: 'manifest', outcome: 'stale' })).toBe(1);
+    expect(metricValue(text, 'mirror_stale_served_total', { upstream: 'docker.io' })).toBe(1);
+    expect(metricValue(text, 'mirror_upstream_requests_total', { upstream: 'docker.io', kind: 'manifest', status: '503' })).toBe(1);
+    expect(text).toContain('mirror_downloads_in_flight 0');
+  });
+
+  it('/healthz is alive, /readyz flips to 503 while shutting down and in-flight responses finish', async () => {
+    expect((await get(`${mirror.url}/healthz`)).status).toBe(200);
+    expect((await get(`${mirror.url}/readyz`)).status).toBe(200);
+    const bytes = pseudoRandomBytes(4 * MiB, 'shutdown');
+    const digest = upstream.addBlob(bytes);
+    upstream.fault = (r) => (r.kind === 'blob' ? { bytesPerSecond: 4 * MiB } : undefined);
+    const inFlight = get(`${mirror.url}/v2/team/metrics/blobs/${digest}`);
+    await new Promise((r) => setTimeout(r, 200));
+    // A keep-alive connection opened before shutdown still reaches the server.
+    const closing = mirror.server.close(10_000);
+    const { request } = await import('node:http');
+    const ready = await new Promise<number>((resolve) => {
+      // The listening socket is closed: a new connection is refused, which is the point.
+      const req = request(`${mirror.url}/readyz`, (res) => resolve(res.statusCode ?? 0));
+      req.on('error', () => resolve(-1));
+      req.end();
+    });
+    expect([503, -1]).toContain(ready);
+    const finished = await inFlight;
+    expect(finished.status).toBe(200);
+    expect(finished.truncated).toBe(false);
+    expect(finished.body.equals(bytes)).toBe(true);
+    await closing;
+    upstream.fault = undefined;
+  });
+});
+
+describe('TLS', () => {
+  function makeCert(name: string): { cert: string; key: string } {
+    const cert = join(work, `${name}.crt`);
+    const key = join(work, `${name}.key`);
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', `/CN=${name}`, '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], { stdio: 'pipe' });
+    return { cert, key };
+  }
+
+  it('serves skopeo over https with a trusted certificate and reloads a new one without dropping connections', async () => {
+    const first = makeCert('first');
+    const live = { cert: join(work, 'live.crt'), key: join(work, 'live.key') };
+    execFileSync('cp', [first.cert, live.cert]);
+    execFileSync('cp', [first.key, live.key]);
+    addTinyImage(upstream, 'team/secure', 'v1', 'secure');
+    const mirror = await startMirror({ upstreamUrl: upstream.url, document: { tls: live } });
+    try {
+      expect(mirror.url).toMatch(/^https:/);
+      const certDir = join(work, 'certs');
+      execFileSync('mkdir', ['-p', certDir]);
+      execFileSync('cp', [first.cert, join(certDir, 'ca.crt')]);
+      await skopeoCopy(`docker://${mirror.host}/team/secure:v1`, `dir:${join(work, 'secure')}`, ['--src-cert-dir', certDir, '--src-tls-verify=true']);
+
+      const fingerprint = () =>
+        new Promise<string>((resolve, reject) => {
+          const socket = tls.connect({ host: '127.0.0.1', port: Number(mirror.host.split(':')[1]), rejectUnauthorized: false }, () => {
+            resolve(socket.getPeerCertificate().fingerprint256);
+            socket.end();
+          });
+          socket.on('error', reject);
+        });
+      const before = await fingerprint();
+      const second = makeCert('second');
+      execFileSync('cp', [second.cert, live.cert]);
+      execFileSync('cp', [second.key, live.key]);
+      mirror.server.reload();
+      const after = await fingerprint();
+      expect(after).not.toBe(before);
+    } finally {
+      await mirror.stop();
+    }
+  });
+});
+
+describe('client authentication', () => {
+  it('accepts a bcrypt htpasswd user, refuses others with a Basic challenge, and never logs the password', async () => {
+    const htpasswd = join(work, 'htpasswd');
+    writeFileSync(htpasswd, `ops:${bcrypt.hashSync('s3cret-pass', 10).replace(/^\$2b\$/, '$2y$')}\n`);
+    addTinyImage(upstream, 'team/private-mirror', 'v1', 'auth');
+    const mirror = await startMirror({ upstreamUrl: upstream.url, document: { auth: { htpasswd } } });
+    try {
+      const basic = (user: string, pass: string) => `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}`;
+      const none = await get(`${mirror.url}/v2/`);
+      expect(none.status).toBe(401);
+      expect(none.headers['www-authenticate']).toBe('Basic realm="registry-mirror"');
+      expect(JSON.parse(none.body.toString()).errors[0].code).toBe('UNAUTHORIZED');
+      const wrong = await get(`${mirror.url}/v2/team/private-mirror/manifests/v1`, { headers: { authorization: basic('ops', 'guess') } });
+      expect(wrong.status).toBe(401);
+      const stranger = await get(`${mirror.url}/v2/`, { headers: { authorization: basic('eve', 's3cret-pass') } });
+      expect(stranger.status).toBe(401);
+      const ok = await get(`${mirror.url}/v2/team/private-mirror/manifests/v1`, { headers: { authorization: basic('ops', 's3cret-pass') } });
+      expect(ok.status).toBe(200);
+      expect((await get(`${mirror.url}/healthz`)).status).toBe(200);
+      const logs = mirror.logs.map((l) => JSON.stringify(l)).join('\n');
+      expect(logs).toContain('client authentication failed');
+      expect(logs).not.toContain('guess');
+      expect(logs).not.toContain('s3cret-pass');
+      // The user's credentials never reach the upstream either.
+      for (const r of upstream.requests) expect(r.authorization ?? '').not.toContain(Buffer.from('ops:s3cret-pass').toString('base64'));
+    } finally {
+      await mirror.stop();
+    }
+  });
+});
+
+describe('status page', () => {
+  const chromium = '/usr/bin/chromium';
+  it.skipIf(!existsSync(chromium))('renders real data in headless Chromium', async () => {
+    const { chromium: launcher } = await import('playwright-core');
+    const mirror = await startMirror({ upstreamUrl: upstream.url, document: { storage: { maxSize: '1GiB' } } });
+    const browser = await launcher.launch({
+      executablePath: chromium,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    try {
+      const image = addTinyImage(upstream, 'library/nginx', '1.25', 'status-page');
+      expect((await get(`${mirror.url}/v2/library/nginx/manifests/1.25`)).status).toBe(200);
+      expect((await get(`${mirror.url}/v2/library/nginx/manifests/1.25`)).status).toBe(200);
+      expect((await get(`${mirror.url}/v2/library/nginx/blobs/${image.layer}`)).status).toBe(200);
+      await new Promise((r) => setTimeout(r, 50));
+      const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+      await page.goto(`${mirror.url}/`);
+      expect(await page.title()).toBe('registry-mirror');
+      expect(await page.locator('#upstreams').innerText()).toMatch(/docker\.io\s+http:\/\/127\.0\.0\.1:\d+\s+up/);
+      expect(await page.locator('#top').innerText()).toContain('docker.io/library/nginx');
+      expect(await page.locator('#recent').innerText()).toMatch(/docker\.io\/library\/nginx:1\.25\s+hit/);
+      expect(await page.locator('#hits .big').innerText()).toMatch(/^\d+\.\d%$/);
+      expect(await page.locator('#cache').innerText()).toContain('of 1.0 GiB');
+      const shot = await page.screenshot({ path: process.env.STATUS_SCREENSHOT ?? join(work, 'status.png'), fullPage: true });
+      // A rendered page, not a blank one: plenty of distinct bytes in the PNG.
+      expect(shot.length).toBeGreaterThan(20_000);
+    } finally {
+      await browser.close();
+      await mirror.stop();
+    }
+  });
+});
