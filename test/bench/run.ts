@@ -1,0 +1,517 @@
+// `npm run bench`: this mirror against two reference pull-through caches on the same
+// upstream (CNCF distribution with Bearer token auth, behind a counting front) and the
+// same content: distribution in proxy mode and nginx as the classic registry cache.
+// Prints one table, all three side by side with the mirror's ratio to each, checks the
+// targets, and writes the table to test/bench/RESULTS.md.
+//
+//   npm run bench                                   # everything (~3-4 minutes)
+//   npm run bench -- --systems mirror --phases warm --cpu-prof --no-results
+//
+// Options: --systems mirror,distribution,nginx  --phases cold,warm,concurrent
+//          --skip-build  --cpu-prof (profile the mirror processes; summaries printed)
+//          --no-results (do not rewrite RESULTS.md)
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { cpus, totalmem, tmpdir } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { bigLayer, buildImage, smallLayer, type Image } from '../fixtures/oci-images.js';
+import { startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
+import { MANIFEST_ACCEPT, type PullOptions, type PullResult } from './pull-client.js';
+import { ROOT, running, startDistributionProxy, startMirror, startNginx, type RunningSystem, type SystemKey } from './systems.js';
+import { curlDownload, ensureAptPackage, hasCommand, loadTest, median, percentile, run, summarizeCpuProfile, type LoadResult } from './tools.js';
+
+const MiB = 1024 * 1024;
+const BENCH_DEADLINE_MS = 15 * 60_000;
+const CONCURRENT_CLIENTS = 20;
+const LOAD_SECONDS = 5;
+
+const { values: argv } = parseArgs({
+  options: {
+    systems: { type: 'string', default: 'mirror,distribution,nginx' },
+    phases: { type: 'string', default: 'cold,warm,concurrent' },
+    'skip-build': { type: 'boolean', default: false },
+    'cpu-prof': { type: 'boolean', default: false },
+    'no-results': { type: 'boolean', default: false },
+  },
+});
+const systems = argv.systems!.split(',').map((s) => s.trim()) as SystemKey[];
+const phases = new Set(argv.phases!.split(',').map((s) => s.trim()));
+for (const s of systems) if (!['mirror', 'distribution', 'nginx'].includes(s)) throw new Error(`unknown system ${s}`);
+
+const LABELS: Record<SystemKey, string> = { mirror: 'mirror', distribution: 'distribution (proxy)', nginx: 'nginx (proxy_cache)' };
+const t0 = performance.now();
+const elapsed = () => {
+  const s = Math.round((performance.now() - t0) / 1000);
+  return `${String(Math.floor(s / 60)).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}`;
+};
+const log = (msg: string) => console.log(`[${elapsed()}] ${msg}`);
+
+// ---- the pull client process ------------------------------------------------------------
+
+interface PullClient {
+  pull(options: PullOptions): Promise<PullResult>;
+  pulls(options: PullOptions, count: number): Promise<PullResult[]>;
+  auth(options: PullOptions): Promise<string | undefined>;
+  stop(): void;
+}
+
+function startPullClient(): PullClient {
+  const child: ChildProcess = fork(join(ROOT, 'test/bench/pull-client.ts'), [], {
+    cwd: ROOT,
+    execArgv: ['--import', 'tsx'],
+    env: { ...process.env, BENCH_PULL_CLIENT: '1' },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  let nextId = 0;
+  const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  child.on('message', (msg: { id: number; ok: boolean; result?: unknown; error?: string }) => {
+    const p = pending.get(msg.id);
+    pending.delete(msg.id);
+    if (msg.ok) p?.resolve(msg.result);
+    else p?.reject(new Error(msg.error));
+  });
+  child.on('exit', (code) => {
+    for (const p of pending.values()) p.reject(new Error(`pull client exited with ${code}`));
+    pending.clear();
+  });
+  const call = <T>(op: string, options: PullOptions, count?: number): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      const id = ++nextId;
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        reject(new Error(`${op} of ${options.repository} at ${options.baseUrl} took over 240 s`));
+      }, 240_000);
+      pending.set(id, {
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v as T);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+      child.send({ id, op, options, count });
+    });
+  return {
+    pull: (o) => call('pull', o),
+    pulls: (o, n) => call('pulls', o, n),
+    auth: (o) => call('auth', o),
+    stop: () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+    },
+  };
+}
+
+// ---- results ----------------------------------------------------------------------------
+
+interface SystemResult {
+  key: SystemKey;
+  coldPullMs?: number;
+  coldUpstreamBytes?: number;
+  coldUpstreamBlobGets?: number;
+  coldUpstreamRequests?: number;
+  concurrentWallMs?: number;
+  concurrentUpstreamBlobGets200?: number;
+  concurrentUpstreamBlobRequests?: number;
+  concurrentUpstreamBytes?: number;
+  concurrentTtfbP50Ms?: number;
+  concurrentTtfbMaxMs?: number;
+  concurrentFirstLayerDoneMs?: number;
+  blobOneClientMBps?: number;
+  blobEightClientsMBps?: number;
+  manifestTag?: LoadResult;
+  manifestDigest?: LoadResult;
+  manifestTagUpstreamRequests?: number;
+  peakRssRun1?: number;
+  peakRssRun2?: number;
+  profiles: string[];
+  notes: string[];
+}
+
+const imageBytes = (image: Image) => image.manifest.bytes.length + image.config.size + image.layers.reduce((a, l) => a + l.size, 0);
+
+async function startSystem(key: SystemKey, upstreamUrl: string, workDir: string, profDir?: string): Promise<RunningSystem> {
+  if (key === 'mirror') return startMirror({ upstreamUrl, workDir, cpuProfDir: profDir });
+  if (key === 'distribution') return startDistributionProxy({ upstreamUrl, workDir });
+  return startNginx({ upstreamUrl, workDir });
+}
+
+async function benchSystem(
+  key: SystemKey,
+  ctx: { upstream: RealUpstream; client: PullClient; workDir: string; big: Image; concurrent: Image; profRoot?: string },
+): Promise<SystemResult> {
+  const { upstream, client, workDir, big, concurrent } = ctx;
+  const r: SystemResult = { key, profiles: [] };
+  const label = LABELS[key];
+  const profDir = (run: string) => (key === 'mirror' && ctx.profRoot ? join(ctx.profRoot, run) : undefined);
+
+  if (phases.has('cold') || phases.has('warm')) {
+    // Run 1: a fresh cache; one cold pull of the big image, then the warm measurements.
+    const sys = await startSystem(key, upstream.url, workDir, profDir('run1-cold-warm'));
+    try {
+      log(`${label}: started at ${sys.url}`);
+      upstream.resetCounts();
+      const cold = await client.pull({ baseUrl: sys.url, repository: 'bench/big', reference: '1' });
+      r.coldPullMs = cold.ms;
+      r.coldUpstreamBytes = upstream.bytes({});
+      r.coldUpstreamBlobGets = upstream.count({ method: 'GET', kind: 'blob' });
+      r.coldUpstreamRequests = upstream.requests.length;
+      log(
+        `${label}: cold pull of ${(imageBytes(big) / MiB).toFixed(1)} MiB in ${(cold.ms / 1000).toFixed(2)} s; upstream sent ${(r.coldUpstreamBytes / MiB).toFixed(1)} MiB in ${r.coldUpstreamRequests} requests (${r.coldUpstreamBlobGets} blob GETs)`,
+      );
+
+      if (phases.has('warm')) {
+        const auth = await client.auth({ baseUrl: sys.url, repository: 'bench/big', reference: '1' });
+        const authHeaders: Record<string, string> = auth ? { authorization: auth } : {};
+        const layer = big.layers[0]!;
+        const blobUrl = `${sys.url}/v2/bench/big/blobs/${layer.digest}`;
+        await curlDownload(blobUrl, authHeaders); // warm-up
+        const one: number[] = [];
+        for (let i = 0; i < 3; i++) {
+          const c = await curlDownload(blobUrl, authHeaders);
+          if (c.bytes !== layer.size) throw new Error(`${label}: warm blob answered ${c.bytes} bytes`);
+          one.push(c.bytes / c.seconds / 1e6);
+        }
+        r.blobOneClientMBps = median(one);
+        const eight: number[] = [];
+        for (let i = 0; i < 3; i++) {
+          const results = await Promise.all(Array.from({ length: 8 }, () => curlDownload(blobUrl, authHeaders)));
+          const bytes = results.reduce((a, c) => a + c.bytes, 0);
+          if (bytes !== 8 * layer.size) throw new Error(`${label}: 8 warm blob downloads answered ${bytes} bytes`);
+          eight.push(bytes / Math.max(...results.map((c) => c.seconds)) / 1e6);
+        }
+        r.blobEightClientsMBps = median(eight);
+        log(`${label}: warm blob (${(layer.size / MiB).toFixed(0)} MiB) 1 client ${r.blobOneClientMBps.toFixed(0)} MB/s [${one.map((v) => v.toFixed(0)).join(', ')}], 8 clients ${r.blobEightClientsMBps.toFixed(0)} MB/s [${eight.map((v) => v.toFixed(0)).join(', ')}]`);
+
+        const manifestHeaders = { accept: MANIFEST_ACCEPT, ...authHeaders };
+        const tagUrl = `${sys.url}/v2/bench/big/manifests/1`;
+        const digestUrl = `${sys.url}/v2/bench/big/manifests/${big.manifest.digest}`;
+        for (const url of [tagUrl, digestUrl, tagUrl, digestUrl]) {
+          const res = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', ...Object.entries(manifestHeaders).flatMap(([k, v]) => ['-H', `${k}: ${v}`]), url], 10_000);
+          if (res.stdout !== '200') throw new Error(`${label}: ${url} answered ${res.stdout}`);
+        }
+        upstream.resetCounts();
+        r.manifestTag = await loadTest(tagUrl, manifestHeaders, LOAD_SECONDS);
+        r.manifestTagUpstreamRequests = upstream.count({ kind: 'manifest' });
+        log(
+          `${label}: manifest by tag ${r.manifestTag.requestsPerSecond.toFixed(0)} req/s, p50 ${r.manifestTag.p50Ms.toFixed(2)} ms, p99 ${r.manifestTag.p99Ms.toFixed(2)} ms (${r.manifestTag.tool}, ${r.manifestTag.errors} errors, ${r.manifestTagUpstreamRequests} upstream manifest requests)`,
+        );
+        r.manifestDigest = await loadTest(digestUrl, manifestHeaders, LOAD_SECONDS);
+        log(
+          `${label}: manifest by digest ${r.manifestDigest.requestsPerSecond.toFixed(0)} req/s, p50 ${r.manifestDigest.p50Ms.toFixed(2)} ms, p99 ${r.manifestDigest.p99Ms.toFixed(2)} ms (${r.manifestDigest.tool}, ${r.manifestDigest.errors} errors)`,
+        );
+        for (const m of [r.manifestTag, r.manifestDigest]) if (m.errors > 0) r.notes.push(`${label}: ${m.errors} non-2xx/socket errors under load`);
+      }
+    } finally {
+      await sys.stop();
+      r.peakRssRun1 = sys.peakRss();
+    }
+  }
+
+  if (phases.has('concurrent')) {
+    // Run 2: a fresh cache; 20 clients pull the same cold image at once.
+    const sys = await startSystem(key, upstream.url, workDir, profDir('run2-concurrent'));
+    try {
+      log(`${label}: restarted cold at ${sys.url}; ${CONCURRENT_CLIENTS} concurrent cold pulls`);
+      upstream.resetCounts();
+      const started = performance.now();
+      const pulls = await client.pulls({ baseUrl: sys.url, repository: 'bench/concurrent', reference: '1' }, CONCURRENT_CLIENTS);
+      r.concurrentWallMs = performance.now() - started;
+      r.concurrentUpstreamBlobGets200 = upstream.count({ method: 'GET', kind: 'blob', status: 200 });
+      r.concurrentUpstreamBlobRequests = upstream.count({ kind: 'blob' });
+      r.concurrentUpstreamBytes = upstream.bytes({});
+      const layer = concurrent.layers[0]!;
+      const timings = pulls.map((p) => p.blobs.find((b) => b.digest === layer.digest)!);
+      const ttfb = timings.map((t) => t.firstByteMs);
+      r.concurrentTtfbP50Ms = percentile(ttfb, 50);
+      r.concurrentTtfbMaxMs = Math.max(...ttfb);
+      r.concurrentFirstLayerDoneMs = Math.min(...timings.map((t) => t.totalMs));
+      log(
+        `${label}: ${CONCURRENT_CLIENTS} pulls in ${(r.concurrentWallMs / 1000).toFixed(2)} s; upstream blob GETs 200: ${r.concurrentUpstreamBlobGets200} (blob requests ${r.concurrentUpstreamBlobRequests}, distinct blobs 2), upstream ${(r.concurrentUpstreamBytes / MiB).toFixed(1)} MiB; layer TTFB p50 ${r.concurrentTtfbP50Ms.toFixed(0)} ms, max ${r.concurrentTtfbMaxMs.toFixed(0)} ms; fastest layer download ${r.concurrentFirstLayerDoneMs.toFixed(0)} ms`,
+      );
+    } finally {
+      await sys.stop();
+      r.peakRssRun2 = sys.peakRss();
+    }
+  }
+
+  if (key === 'mirror' && ctx.profRoot) {
+    for (const runDir of ['run1-cold-warm', 'run2-concurrent']) {
+      const dir = join(ctx.profRoot, runDir);
+      if (!existsSync(dir)) continue;
+      for (const f of readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'))) r.profiles.push(join(dir, f));
+    }
+  }
+  return r;
+}
+
+// ---- the table --------------------------------------------------------------------------
+
+interface Row {
+  label: string;
+  value: (r: SystemResult) => number | undefined;
+  format: (v: number, r: SystemResult) => string;
+  /** 'lower' or 'higher' is better; ratios are mirror ÷ other either way. */
+  better: 'lower' | 'higher';
+}
+
+function buildRows(big: Image, concurrent: Image): Row[] {
+  const bigBytes = imageBytes(big);
+  const concBytes = imageBytes(concurrent);
+  const ms = (v: number) => (v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${v.toFixed(v < 10 ? 2 : 0)} ms`);
+  const mb = (v: number) => `${v.toFixed(0)} MB/s`;
+  const rps = (v: number) => `${Math.round(v).toLocaleString('en-US')}/s`;
+  const mib = (v: number) => `${(v / MiB).toFixed(1)} MiB`;
+  return [
+    { label: `cold pull, 1 client (${mib(bigBytes)}, 3 layers)`, value: (r) => r.coldPullMs, format: ms, better: 'lower' },
+    { label: 'upstream bytes per cold pull (× image)', value: (r) => r.coldUpstreamBytes, format: (v) => `${(v / bigBytes).toFixed(3)}× (${mib(v)})`, better: 'lower' },
+    { label: 'upstream requests per cold pull', value: (r) => r.coldUpstreamRequests, format: (v, r) => `${v} (${r.coldUpstreamBlobGets} blob GETs)`, better: 'lower' },
+    { label: `${CONCURRENT_CLIENTS} concurrent cold pulls (${mib(concBytes)}): wall time`, value: (r) => r.concurrentWallMs, format: ms, better: 'lower' },
+    { label: `… upstream blob GETs 200 (2 distinct blobs)`, value: (r) => r.concurrentUpstreamBlobGets200, format: (v, r) => `${v}${r.concurrentUpstreamBlobRequests !== v ? ` (+${r.concurrentUpstreamBlobRequests! - v} other)` : ''}`, better: 'lower' },
+    { label: '… upstream bytes (× image)', value: (r) => r.concurrentUpstreamBytes, format: (v) => `${(v / concBytes).toFixed(2)}× (${mib(v)})`, better: 'lower' },
+    { label: '… layer time-to-first-byte, p50 of 20', value: (r) => r.concurrentTtfbP50Ms, format: ms, better: 'lower' },
+    { label: '… layer time-to-first-byte, max of 20', value: (r) => r.concurrentTtfbMaxMs, format: ms, better: 'lower' },
+    { label: '… fastest client’s layer download', value: (r) => r.concurrentFirstLayerDoneMs, format: ms, better: 'lower' },
+    { label: `warm blob, 1 client (curl, ${(big.layers[0]!.size / MiB).toFixed(0)} MiB)`, value: (r) => r.blobOneClientMBps, format: mb, better: 'higher' },
+    { label: 'warm blob, 8 clients (aggregate)', value: (r) => r.blobEightClientsMBps, format: mb, better: 'higher' },
+    { label: 'warm manifest by tag (wrk 2t/16c)', value: (r) => r.manifestTag?.requestsPerSecond, format: rps, better: 'higher' },
+    { label: '… by tag p50', value: (r) => r.manifestTag?.p50Ms, format: ms, better: 'lower' },
+    { label: '… by tag p99', value: (r) => r.manifestTag?.p99Ms, format: ms, better: 'lower' },
+    { label: 'warm manifest by digest', value: (r) => r.manifestDigest?.requestsPerSecond, format: rps, better: 'higher' },
+    { label: '… by digest p50', value: (r) => r.manifestDigest?.p50Ms, format: ms, better: 'lower' },
+    { label: '… by digest p99', value: (r) => r.manifestDigest?.p99Ms, format: ms, better: 'lower' },
+    { label: 'peak RSS (VmHWM), cold pull + warm run', value: (r) => r.peakRssRun1, format: mib, better: 'lower' },
+    { label: 'peak RSS (VmHWM), 20-concurrent run', value: (r) => r.peakRssRun2, format: mib, better: 'lower' },
+  ];
+}
+
+function renderTable(rows: Row[], results: SystemResult[]): string {
+  const mirror = results.find((r) => r.key === 'mirror');
+  const others = results.filter((r) => r.key !== 'mirror');
+  const header = ['', ...results.map((r) => LABELS[r.key]), ...(mirror ? others.map((o) => `mirror ÷ ${o.key}`) : [])];
+  const lines: string[][] = [];
+  for (const row of rows) {
+    const cells = results.map((r) => {
+      const v = row.value(r);
+      return v === undefined ? '–' : row.format(v, r);
+    });
+    if (!results.some((r) => row.value(r) !== undefined)) continue;
+    const ratios = mirror
+      ? others.map((o) => {
+          const a = row.value(mirror);
+          const b = row.value(o);
+          if (a === undefined || b === undefined) return '–';
+          if (b === 0) return a === 0 ? '1.00×' : '∞';
+          return `${(a / b).toFixed(2)}×`;
+        })
+      : [];
+    lines.push([row.label, ...cells, ...ratios]);
+  }
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  const fmt = (cells: string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
+  return [fmt(header), `|${widths.map((w, i) => (i === 0 ? `${'-'.repeat(w + 1)}-` : `${'-'.repeat(w + 1)}:`)).join('|')}|`, ...lines.map(fmt)].join('\n');
+}
+
+interface Check {
+  target: string;
+  ok: boolean;
+  detail: string;
+}
+
+function checkTargets(results: SystemResult[], big: Image): Check[] {
+  const m = results.find((r) => r.key === 'mirror');
+  if (!m) return [];
+  const d = results.find((r) => r.key === 'distribution');
+  const n = results.find((r) => r.key === 'nginx');
+  const checks: Check[] = [];
+  if (m.coldUpstreamBytes !== undefined) {
+    const ratio = m.coldUpstreamBytes / imageBytes(big);
+    checks.push({ target: 'upstream bytes per cold pull = 1.00× image', ok: ratio >= 1 && ratio < 1.005, detail: `${ratio.toFixed(4)}×` });
+  }
+  if (m.concurrentUpstreamBlobRequests !== undefined) {
+    checks.push({
+      target: `${CONCURRENT_CLIENTS} concurrent cold pulls: one upstream GET per distinct blob (2)`,
+      ok: m.concurrentUpstreamBlobRequests === 2 && m.concurrentUpstreamBlobGets200 === 2,
+      detail: `${m.concurrentUpstreamBlobGets200} GETs 200, ${m.concurrentUpstreamBlobRequests} blob requests`,
+    });
+  }
+  for (const [name, get] of [
+    ['by tag', (r: SystemResult) => r.manifestTag],
+    ['by digest', (r: SystemResult) => r.manifestDigest],
+  ] as const) {
+    const mm = get(m);
+    if (!mm) continue;
+    const nn = n && get(n);
+    if (nn) {
+      checks.push({
+        target: `warm manifest ${name}: req/s ≥ ½ nginx`,
+        ok: mm.requestsPerSecond >= nn.requestsPerSecond / 2,
+        detail: `${Math.round(mm.requestsPerSecond)} vs ½ × ${Math.round(nn.requestsPerSecond)} = ${Math.round(nn.requestsPerSecond / 2)}`,
+      });
+    }
+    checks.push({ target: `warm manifest ${name}: p99 ≤ 5 ms`, ok: mm.p99Ms <= 5, detail: `p99 ${mm.p99Ms.toFixed(2)} ms` });
+  }
+  for (const [name, get] of [
+    ['1 client', (r: SystemResult) => r.blobOneClientMBps],
+    ['8 clients', (r: SystemResult) => r.blobEightClientsMBps],
+  ] as const) {
+    const mv = get(m);
+    if (mv === undefined) continue;
+    for (const o of [d, n]) {
+      const ov = o && get(o);
+      if (ov === undefined || !o) continue;
+      checks.push({ target: `warm blob throughput, ${name} ≥ ${o.key}`, ok: mv >= ov, detail: `${mv.toFixed(0)} vs ${ov.toFixed(0)} MB/s` });
+    }
+  }
+  const rss = Math.max(m.peakRssRun1 ?? 0, m.peakRssRun2 ?? 0);
+  if (rss > 0) checks.push({ target: 'mirror peak RSS < 150 MiB', ok: rss < 150 * MiB, detail: `${(rss / MiB).toFixed(1)} MiB` });
+  return checks;
+}
+
+function machine(): { nproc: number; cpu: string; memory: string } {
+  const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim() ?? cpus()[0]?.model ?? 'unknown';
+  return { nproc: cpus().length, cpu: model, memory: `${(totalmem() / 1024 ** 3).toFixed(1)} GiB` };
+}
+
+function versions(): string {
+  const first = (command: string) => {
+    try {
+      return execFileSync('sh', ['-c', `${command} 2>&1 || true`], { encoding: 'utf8' }).trim().split('\n')[0] ?? '?';
+    } catch {
+      return '?';
+    }
+  };
+  return [
+    `Node ${process.version}`,
+    first('/usr/bin/docker-registry --version').replace('github.com/docker/distribution ', 'distribution '),
+    /nginx\/[\d.]+/.exec(first('/usr/sbin/nginx -v'))?.[0] ?? 'nginx',
+    hasCommand('wrk') ? `wrk ${/wrk (?:debian\/)?([\d.]+)/.exec(first('wrk -v'))?.[1] ?? ''}`.trim() : 'autocannon',
+    first('curl --version').split(' ').slice(0, 2).join(' '),
+  ].join(', ');
+}
+
+// ---- main ---------------------------------------------------------------------------------
+
+let upstream: RealUpstream | undefined;
+let client: PullClient | undefined;
+let workDir: string | undefined;
+let cleaningUp: Promise<void> | undefined;
+
+function cleanup(): Promise<void> {
+  cleaningUp ??= (async () => {
+    client?.stop();
+    for (const s of [...running]) await s.stop().catch((err: unknown) => console.error(`stopping ${s.key}: ${String(err)}`));
+    await upstream?.stop().catch((err: unknown) => console.error(`stopping the upstream: ${String(err)}`));
+    if (workDir) rmSync(workDir, { recursive: true, force: true });
+  })();
+  return cleaningUp;
+}
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    console.error(`\nbench: ${signal}, stopping everything`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+const watchdog = setTimeout(() => {
+  console.error(`bench: still running after ${BENCH_DEADLINE_MS / 60_000} minutes; stopping everything`);
+  void cleanup().finally(() => process.exit(1));
+}, BENCH_DEADLINE_MS);
+watchdog.unref();
+
+async function main(): Promise<number> {
+  if (!argv['skip-build']) {
+    log('npm run build');
+    execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: 'inherit', timeout: 180_000 });
+  }
+  if (!existsSync('/usr/bin/docker-registry')) ensureAptPackage('docker-registry', 'docker-registry');
+  if (systems.includes('nginx') && !ensureAptPackage('nginx', 'nginx')) throw new Error('nginx is not installed and could not be installed');
+  if (!ensureAptPackage('curl', 'curl')) throw new Error('curl is required');
+  if (phases.has('warm') && !ensureAptPackage('wrk', 'wrk')) log('wrk is not available: falling back to autocannon');
+
+  workDir = mkdtempSync(join(tmpdir(), 'registry-mirror-bench-'));
+  const profRoot = argv['cpu-prof'] ? join(tmpdir(), `registry-mirror-bench-prof-${new Date().toISOString().replace(/[:.]/g, '-')}`) : undefined;
+  if (profRoot) mkdirSync(profRoot, { recursive: true });
+
+  log('content: layers of 192 MiB + 64 MiB + small (bench/big:1) and 64 MiB (bench/concurrent:1), cached in the fixtures dir');
+  const [l192, l64, lc] = [await bigLayer(192 * MiB, 'bench-192'), await bigLayer(64 * MiB, 'bench-64'), await bigLayer(64 * MiB, 'bench-concurrent-64')];
+  const big = buildImage({ format: 'docker', layers: [l192, l64, smallLayer([{ path: 'etc/bench', content: 'bench big\n' }])], label: 'bench-big' });
+  const concurrent = buildImage({ format: 'docker', layers: [lc], label: 'bench-concurrent' });
+  if (imageBytes(big) < 256 * MiB) throw new Error('the big image must be at least 256 MiB');
+
+  upstream = await startRealUpstream({ tokenTtlSeconds: 3600 });
+  log(`upstream (distribution + token endpoint) behind the counting front at ${upstream.url}; pushing`);
+  await upstream.push('bench/big', '1', big);
+  await upstream.push('bench/concurrent', '1', concurrent);
+  upstream.resetCounts();
+  client = startPullClient();
+
+  const results: SystemResult[] = [];
+  for (const key of systems) {
+    results.push(await benchSystem(key, { upstream, client, workDir, big, concurrent, profRoot }));
+  }
+
+  const rows = buildRows(big, concurrent);
+  const table = renderTable(rows, results);
+  const checks = checkTargets(results, big);
+  const totalSeconds = (performance.now() - t0) / 1000;
+  const m = machine();
+  const notes = results.flatMap((r) => r.notes);
+
+  console.log('');
+  console.log(table);
+  console.log('');
+  if (checks.length) {
+    console.log('targets (mirror):');
+    for (const c of checks) console.log(`  ${c.ok ? 'ok  ' : 'MISS'}  ${c.target}: ${c.detail}`);
+  }
+  for (const n of notes) console.log(`note: ${n}`);
+  const mirrorResult = results.find((r) => r.key === 'mirror');
+  for (const p of mirrorResult?.profiles ?? []) {
+    console.log('');
+    console.log(summarizeCpuProfile(p));
+  }
+  console.log('');
+  log(`bench finished in ${totalSeconds.toFixed(0)} s`);
+
+  if (!argv['no-results']) {
+    const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+    const md = [
+      '# Benchmark results',
+      '',
+      `\`npm run bench\` on ${date}: ${m.nproc} cores (${m.cpu}), ${m.memory} RAM, all on loopback. ${versions()}.`,
+      `The whole bench took ${totalSeconds.toFixed(0)} s.`,
+      '',
+      'One upstream for all three: CNCF distribution with Bearer token auth behind a counting front. Each system starts with an',
+      'empty cache for each cold measurement. A pull is manifest by tag, config, then the layers 3 at a time, every blob',
+      'streamed and its sha256 verified by the client. *distribution (proxy)* is `docker-registry` with `proxy.remoteurl`',
+      '(anonymous); *nginx (proxy_cache)* is the classic registry cache (`proxy_cache_lock on`, tag manifests 1 min keyed',
+      'with `Accept`, digests 7 days, `sendfile on`); nginx\'s clients do the token dance themselves. Warm blobs: `curl` to',
+      '/dev/null, median of 3 (8 clients: aggregate bytes ÷ slowest client). Warm manifests: `wrk -t2 -c16 -d5s --latency`.',
+      'Peak RSS: VmHWM (nginx: master + workers). Ratios are mirror ÷ the other system.',
+      '',
+      table,
+      '',
+      ...(checks.length ? ['Targets (mirror):', '', ...checks.map((c) => `- ${c.ok ? '✅' : '❌'} ${c.target}: ${c.detail}`), ''] : []),
+      ...notes.map((n) => `Note: ${n}`),
+      '',
+    ].join('\n');
+    writeFileSync(join(ROOT, 'test/bench/RESULTS.md'), md);
+    log('wrote test/bench/RESULTS.md');
+  }
+  return 0;
+}
+
+let exitCode = 1;
+try {
+  exitCode = await main();
+} catch (err) {
+  console.error(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  exitCode = 1;
+} finally {
+  await cleanup();
+  clearTimeout(watchdog);
+}
+process.exit(exitCode);
