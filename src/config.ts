@@ -62,6 +62,14 @@ const upstreamSchema = z.strictObject({
   libraryPrefix: z.boolean().optional(),
   /** Also accept Docker schema1 manifests (deprecated; off by default). */
   allowSchema1: z.boolean().prefault(false),
+  /** Parallel Range segments for big blobs from this upstream (default: downloads.segments; 1 = one stream). */
+  segments: z.number().int().min(1).max(32).optional(),
+  /** An HTTP(S) proxy for this upstream (default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY from the environment). */
+  proxy: httpUrl.optional(),
+  /** At most this many connections to each of this upstream's hosts (0 = unbounded). */
+  maxConnections: z.number().int().min(0).prefault(0),
+  /** At most this many bytes per second downloaded from this upstream, all downloads together (0 = unbounded). */
+  maxBytesPerSecond: size.prefault(0),
 });
 
 const configSchema = z.strictObject({
@@ -144,6 +152,10 @@ const configSchema = z.strictObject({
       resumeAttempts: z.number().int().min(0).max(20).prefault(5),
       /** Longest a download may take once no client is waiting for it. */
       writeTimeout: duration.prefault('30m'),
+      /** Blobs at least this big are fetched as parallel Range segments… */
+      segmentThreshold: size.prefault('32MiB'),
+      /** …this many at once (1 = always one stream). */
+      segments: z.number().int().min(1).max(32).prefault(1),
     })
     .prefault({}),
 });
@@ -160,6 +172,10 @@ export interface UpstreamConfig {
   alias: string | undefined;
   libraryPrefix: boolean;
   allowSchema1: boolean;
+  segments: number;
+  proxy: string | undefined;
+  maxConnections: number;
+  maxBytesPerSecond: number;
 }
 
 export interface Config {
@@ -175,7 +191,7 @@ export interface Config {
   retries: { attempts: number; baseDelayMs: number; maxDelayMs: number };
   breaker: { failures: number; cooldownMs: number };
   revalidation: { perSecond: number; burst: number; rateLimitReserve: number };
-  downloads: { resumeAttempts: number; writeTimeoutMs: number };
+  downloads: { resumeAttempts: number; writeTimeoutMs: number; segmentThreshold: number };
 }
 
 export class ConfigError extends Error {
@@ -326,6 +342,10 @@ export function buildConfig(
     alias: u.alias,
     libraryPrefix: u.libraryPrefix ?? name === 'docker.io',
     allowSchema1: u.allowSchema1,
+    segments: u.segments ?? parsed.downloads.segments,
+    proxy: u.proxy,
+    maxConnections: u.maxConnections,
+    maxBytesPerSecond: u.maxBytesPerSecond,
   }));
   const more: string[] = [];
   if (!upstreams.some((u) => u.name === parsed.defaultUpstream)) {
@@ -352,7 +372,7 @@ export function buildConfig(
     retries: { attempts: parsed.retries.attempts, baseDelayMs: parsed.retries.baseDelay, maxDelayMs: parsed.retries.maxDelay },
     breaker: { failures: parsed.breaker.failures, cooldownMs: parsed.breaker.cooldown },
     revalidation: parsed.revalidation,
-    downloads: { resumeAttempts: parsed.downloads.resumeAttempts, writeTimeoutMs: parsed.downloads.writeTimeout },
+    downloads: { resumeAttempts: parsed.downloads.resumeAttempts, writeTimeoutMs: parsed.downloads.writeTimeout, segmentThreshold: parsed.downloads.segmentThreshold },
   };
   return deepFreeze(config);
 }

@@ -24,7 +24,8 @@ import { TokenCache } from './upstream/auth.js';
 import { createUpstreamAgent, describeNetworkError, headerValue, UpstreamClient, type UpstreamResponse } from './upstream/client.js';
 import { UpstreamRegistry } from './upstream/registry.js';
 import { UpstreamRouter, type Route } from './upstream/router.js';
-import type { Agent } from 'undici';
+import type { Dispatcher } from 'undici';
+import { ByteRateLimiter } from './cache/rate-limiter.js';
 
 /** Why a stale tag was served (a metric label: a few fixed values). */
 type StaleReason = 'upstream-error' | 'rate-limit-reserve' | 'revalidation-budget';
@@ -100,7 +101,9 @@ export class Mirror {
   readonly evictor: Evictor;
   /** Open store read streams per digest: content being served is never evicted. */
   private readonly serving = new Map<string, number>();
-  private readonly agent: Agent;
+  private readonly agents: Dispatcher[] = [];
+  /** Per upstream: the bandwidth cap shared by all its downloads. */
+  private readonly bandwidth = new Map<string, ByteRateLimiter>();
   private readonly clients = new Map<string, UpstreamClient>();
   /** Manifest bytes by digest, bounded by bytes: the hot path never touches the disk. */
   private readonly manifestCache = new LRUCache<string, StoredManifest>({
@@ -128,13 +131,15 @@ export class Mirror {
     this.router = new UpstreamRouter(upstreams, fallback);
     this.store = new FileBlobStore(this.config.storage.path);
     this.index = new CacheIndex(join(this.config.storage.path, 'index.db'));
-    this.agent = createUpstreamAgent(this.config.timeouts);
     const tokens = new TokenCache(this.clock);
     for (const u of upstreams) {
+      const dispatcher = createUpstreamAgent(this.config.timeouts, { proxy: u.proxy, maxConnections: u.maxConnections });
+      this.agents.push(dispatcher);
+      if (u.maxBytesPerSecond > 0) this.bandwidth.set(u.name, new ByteRateLimiter(u.maxBytesPerSecond));
       this.clients.set(
         u.name,
         new UpstreamClient(u, {
-          dispatcher: this.agent, tokens, clock: this.clock, logger: this.logger, retries: this.config.retries, breaker: this.config.breaker,
+          dispatcher, tokens, clock: this.clock, logger: this.logger, retries: this.config.retries, breaker: this.config.breaker,
         }),
       );
       this.revalidationBudget.set(u.name, new TokenBucket(this.config.revalidation.perSecond, this.config.revalidation.burst, this.clock));
@@ -142,6 +147,7 @@ export class Mirror {
     this.downloads = new Downloads(this.store, {
       resumeAttempts: this.config.downloads.resumeAttempts,
       writeTimeoutMs: this.config.downloads.writeTimeoutMs,
+      segmentThreshold: this.config.downloads.segmentThreshold,
       logger: this.logger,
       onCommitted: (digest, size) => {
         this.index.putBlob(digest.value, size, this.clock.now());
@@ -542,7 +548,25 @@ export class Mirror {
   }
 
   private blobSource(route: Route, digest: Digest): DownloadSource {
+    const limiter = this.bandwidth.get(route.upstream.name);
+    const path = `/v2/${route.repository}/blobs/${digest.value}`;
     return {
+      segments: route.upstream.segments,
+      throttle: limiter ? (bytes) => limiter.take(bytes) : undefined,
+      openRange: async (start, end) => {
+        const response = await this.upstreamRequest(route, 'blob', { method: 'GET', path, headers: { range: `bytes=${start}-${end}` } });
+        const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(headerValue(response.headers, 'content-range') ?? '');
+        if (response.status !== 200 && response.status !== 206) {
+          const body = await readLimited(response.body, 64 * 1024).catch(() => Buffer.alloc(0));
+          throw this.statusError(route, response, 'blob', body.toString('utf8'), digest.value);
+        }
+        return {
+          status: response.status,
+          body: response.body,
+          range: m ? { start: Number(m[1]), end: Number(m[2]), total: Number(m[3]) } : undefined,
+          etag: headerValue(response.headers, 'etag'),
+        };
+      },
       open: async (offset) => {
         const response = await this.upstreamRequest(route, 'blob', {
           method: 'GET',
@@ -551,11 +575,18 @@ export class Mirror {
         });
         if (offset > 0 && response.status === 206) {
           const match = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(headerValue(response.headers, 'content-range') ?? '');
-          if (!match || Number(match[1]) !== offset) {
-            await response.body.dump().catch(() => undefined);
-            throw new Error('upstream answered a resume with the wrong range');
+          if (match && Number(match[1]) === offset) {
+            return { body: response.body, totalSize: match[3] === '*' ? undefined : Number(match[3]) };
           }
-          return { body: response.body, totalSize: match[3] === '*' ? undefined : Number(match[3]) };
+          // A range we did not ask for: take the whole body again and skip what we have.
+          await response.body.dump().catch(() => undefined);
+          const whole = await this.upstreamRequest(route, 'blob', { method: 'GET', path });
+          if (whole.status !== 200) {
+            const body = await readLimited(whole.body, 64 * 1024).catch(() => Buffer.alloc(0));
+            throw this.statusError(route, whole, 'blob', body.toString('utf8'), digest.value);
+          }
+          const length = headerValue(whole.headers, 'content-length');
+          return { body: skipBytes(whole.body, offset), totalSize: length && /^\d+$/.test(length) ? Number(length) : undefined };
         }
         if (response.status === 200) {
           const length = headerValue(response.headers, 'content-length');
@@ -563,6 +594,10 @@ export class Mirror {
           if (offset === 0 && totalSize !== undefined && !(await this.store.hasSpaceFor(totalSize))) {
             throw new NoRoomForBlob(response, totalSize);
           }
+          const etag = headerValue(response.headers, 'etag');
+          // Only an explicit "none" rules ranges out; many registries and CDNs do not announce them.
+          const acceptsRanges = headerValue(response.headers, 'accept-ranges') !== 'none';
+          if (offset === 0) return { body: response.body, totalSize, etag, acceptsRanges };
           // An upstream that ignores Range sends it all again: skip what we have.
           return { body: offset > 0 ? skipBytes(response.body, offset) : response.body, totalSize };
         }
@@ -713,7 +748,7 @@ export class Mirror {
     clearInterval(this.flushTimer);
     this.downloads.abortAll('mirror shutting down');
     await this.downloads.settled();
-    await this.agent.close().catch(() => undefined);
+    await Promise.all(this.agents.map((a) => a.close().catch(() => undefined)));
     this.index.close();
   }
 }

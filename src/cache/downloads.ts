@@ -12,13 +12,21 @@
 
 import { EventEmitter } from 'node:events';
 import { openSync, read, close } from 'node:fs';
-import { unlink } from 'node:fs/promises';
+import { unlink, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { DigestVerifier } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { Digest } from '../oci/reference.js';
 import { READ_CHUNK_BYTES, type FileBlobStore } from './blob-store.js';
+
+/** An upstream's answer to a ranged GET, unjudged: the download decides whether to trust it. */
+export interface RangeAnswer {
+  status: number;
+  body: Readable;
+  range: { start: number; end: number; total: number } | undefined;
+  etag: string | undefined;
+}
 
 /** Where the bytes come from: the upstream body from `offset` on. */
 export interface DownloadSource {
@@ -27,13 +35,24 @@ export interface DownloadSource {
    * blob's total size when the upstream said it; rejects with a RegistryError when the
    * upstream refuses (404, 429, …) or another error when it cannot be reached.
    */
-  open(offset: number): Promise<{ body: Readable; totalSize: number | undefined }>;
+  open(offset: number): Promise<{ body: Readable; totalSize: number | undefined; etag?: string | undefined; acceptsRanges?: boolean }>;
+  /** GET bytes [start, end] (inclusive), for segmented downloads. */
+  openRange?(start: number, end: number): Promise<RangeAnswer>;
+  /** Segments to use for a big blob from this source (1 = one stream). */
+  segments?: number;
+  /** Paces consumption when the upstream has a bandwidth cap. */
+  throttle?(bytes: number): Promise<void>;
 }
+
+/** The upstream cannot be trusted with segments (ignored Range, content changed): use one stream. */
+class SegmentFallback extends Error {}
 
 export type DownloadState = 'running' | 'committing' | 'done' | 'failed';
 
 export interface DownloadOptions {
   resumeAttempts: number;
+  /** Blobs at least this big are fetched in segments when the source allows it. */
+  segmentThreshold: number;
   writeTimeoutMs: number;
   logger: Logger;
   /** Called once the verified blob is in the store. */
@@ -48,6 +67,8 @@ export class BlobDownload extends EventEmitter {
   error: Error | undefined;
   tempPath: string | undefined;
   resumes = 0;
+  /** How many parallel segments this download used (1 = one stream). */
+  segmentsUsed = 1;
   /** Resolves when the upstream's first answer arrived (size known); rejects if it refused. */
   readonly ready: Promise<void>;
   /** Resolves when the blob is verified and in the store. */
@@ -55,6 +76,7 @@ export class BlobDownload extends EventEmitter {
   private readers = 0;
   private idleTimer: NodeJS.Timeout | undefined;
   private currentBody: Readable | undefined;
+  private readonly activeBodies = new Set<Readable>();
   private resolveReady!: () => void;
   private rejectReady!: (err: Error) => void;
   private resolveFinished!: () => void;
@@ -93,25 +115,34 @@ export class BlobDownload extends EventEmitter {
     const { handle } = temp;
     let failure: Error | undefined;
     try {
+      let segmentsTried = false;
       for (let attempt = 0; ; attempt++) {
         try {
-          const { body, totalSize } = await this.source.open(this.written);
+          const { body, totalSize, etag, acceptsRanges } = await this.source.open(this.written);
           if (this.totalSize === undefined) this.totalSize = totalSize;
           else if (totalSize !== undefined && totalSize !== this.totalSize) {
             throw new RegistryError('BLOB_UNKNOWN', 'upstream changed the blob size while resuming', { status: 502, detail: { digest: this.digest.value } });
           }
           this.resolveReady();
+          const segments = this.source.segments ?? 1;
+          if (
+            !segmentsTried && this.written === 0 && segments > 1 && this.source.openRange && acceptsRanges !== false &&
+            totalSize !== undefined && totalSize >= this.options.segmentThreshold
+          ) {
+            segmentsTried = true;
+            if (await this.runSegments(handle, verifier, body, totalSize, etag, segments)) break;
+            // Fell back: go on with one stream from the verified prefix.
+            attempt = -1;
+            continue;
+          }
           this.currentBody = body;
           for await (const chunk of body as AsyncIterable<Buffer>) {
             if (this.state !== 'running') throw this.error ?? new Error('download aborted');
             if (this.totalSize !== undefined && this.written + chunk.length > this.totalSize) {
               throw new RegistryError('DIGEST_INVALID', 'upstream sent more bytes than it announced', { status: 502, detail: { digest: this.digest.value } });
             }
-            let offset = 0;
-            while (offset < chunk.length) {
-              const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset, this.written + offset);
-              offset += bytesWritten;
-            }
+            await this.source.throttle?.(chunk.length);
+            await writeAt(handle, chunk, this.written);
             verifier.update(chunk);
             this.written += chunk.length;
             this.emit('progress');
@@ -176,12 +207,104 @@ export class BlobDownload extends EventEmitter {
     this.emit('progress');
   }
 
+  /**
+   * Fetch [0, total) as parallel Range segments written at their offsets. The first
+   * segment is the already open full response, read up to its end. `written` (what readers
+   * see) is the contiguous prefix, hashed in order by reading it back as it grows. Returns
+   * false when the upstream cannot be trusted with ranges: `written` is then a verified
+   * prefix to resume from with one stream.
+   */
+  private async runSegments(handle: FileHandle, verifier: DigestVerifier, first: Readable, total: number, etag: string | undefined, count: number): Promise<boolean> {
+    const step = Math.ceil(total / count / (1024 * 1024)) * 1024 * 1024;
+    const segments: { start: number; end: number; pos: number }[] = [];
+    for (let start = 0; start < total; start += step) segments.push({ start, end: Math.min(total, start + step) - 1, pos: start });
+    this.segmentsUsed = segments.length;
+    let hashing: Promise<void> = Promise.resolve();
+    const contiguous = () => {
+      let end = 0;
+      for (const seg of segments) {
+        end = seg.pos;
+        if (seg.pos <= seg.end) break;
+      }
+      return end;
+    };
+    // Hash (and publish to readers) the prefix as it becomes contiguous, strictly in order.
+    const advance = () => {
+      hashing = hashing.then(async () => {
+        const buffer = Buffer.allocUnsafe(1024 * 1024);
+        for (let until = contiguous(); this.written < until; until = contiguous()) {
+          const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, until - this.written), this.written);
+          if (bytesRead === 0) throw new Error('segment data vanished from the temp file');
+          verifier.update(buffer.subarray(0, bytesRead));
+          this.written += bytesRead;
+          this.emit('progress');
+        }
+      });
+      return hashing;
+    };
+    const fetchSegment = async (seg: (typeof segments)[number], index: number) => {
+      for (let attempt = 0; seg.pos <= seg.end; attempt++) {
+        let body: Readable;
+        if (index === 0 && attempt === 0) body = first;
+        else {
+          const answer = await this.source.openRange!(seg.pos, seg.end);
+          body = answer.body;
+          const r = answer.range;
+          const honest = answer.status === 206 && r && r.start === seg.pos && r.end === seg.end && r.total === total && (!etag || !answer.etag || answer.etag === etag);
+          if (!honest) {
+            answer.body.destroy();
+            throw new SegmentFallback(
+              answer.status === 200 ? 'upstream ignored Range' : `upstream answered a segment with ${answer.status} ${r ? `bytes ${r.start}-${r.end}/${r.total}` : ''}${answer.etag && etag && answer.etag !== etag ? ' and another ETag' : ''}`,
+            );
+          }
+        }
+        this.activeBodies.add(body);
+        try {
+          for await (const chunk of body as AsyncIterable<Buffer>) {
+            if (this.state !== 'running') throw this.error ?? new Error('download aborted');
+            const piece = chunk.length > seg.end - seg.pos + 1 ? chunk.subarray(0, seg.end - seg.pos + 1) : chunk;
+            await this.source.throttle?.(piece.length);
+            await writeAt(handle, piece, seg.pos);
+            seg.pos += piece.length;
+            void advance().catch(() => undefined);
+            if (seg.pos > seg.end) break;
+          }
+        } catch (err) {
+          if (err instanceof SegmentFallback || this.state !== 'running' || isLocalFsError(err as Error) || attempt >= this.options.resumeAttempts) throw err;
+          this.resumes++;
+          this.options.logger.warn({ digest: this.digest.value, segment: index, offset: seg.pos, err: (err as Error).message }, 'segment interrupted; resuming it');
+          continue;
+        } finally {
+          this.activeBodies.delete(body);
+          // The first segment's response runs on to the end of the blob: stop it at the boundary.
+          if (index === 0 && attempt === 0) body.destroy();
+        }
+        if (seg.pos <= seg.end) {
+          if (attempt >= this.options.resumeAttempts) throw new Error(`segment ${index} ended early at ${seg.pos}`);
+          this.resumes++;
+        }
+      }
+    };
+    const results = await Promise.allSettled(segments.map((seg, i) => fetchSegment(seg, i)));
+    const failures = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as Error);
+    await advance();
+    if (failures.length === 0) return true;
+    const fallback = failures.find((f) => f instanceof SegmentFallback);
+    if (fallback && this.state === 'running' && !failures.some((f) => f instanceof RegistryError || isLocalFsError(f))) {
+      this.options.logger.warn({ digest: this.digest.value, reason: fallback.message, verifiedPrefix: this.written }, 'segmented download not possible; continuing with one stream');
+      this.segmentsUsed = 1;
+      return false;
+    }
+    throw failures.find((f) => !(f instanceof SegmentFallback)) ?? fallback;
+  }
+
   private fail(error: Error): void {
     if (this.state === 'failed') return;
     this.state = 'failed';
     this.error = error;
     this.clearIdleTimer();
     this.currentBody?.destroy(error);
+    for (const body of this.activeBodies) body.destroy(error);
     this.rejectReady(error);
     this.rejectFinished(error);
     this.emit('progress');
@@ -219,6 +342,14 @@ export class BlobDownload extends EventEmitter {
   /** Stop the download (shutdown): readers are cut, nothing is committed. */
   abort(reason: string): void {
     this.fail(new Error(reason));
+  }
+}
+
+async function writeAt(handle: FileHandle, chunk: Buffer, position: number): Promise<void> {
+  let offset = 0;
+  while (offset < chunk.length) {
+    const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset, position + offset);
+    offset += bytesWritten;
   }
 }
 

@@ -24,3 +24,19 @@ export class TokenBucket {
     return true;
   }
 }
+
+/** Paces byte consumption to `bytesPerSecond` (shared by every caller): a slow reader slows TCP. */
+export class ByteRateLimiter {
+  private nextFree = 0;
+
+  constructor(private readonly bytesPerSecond: number) {}
+
+  /** Resolves when `bytes` may be consumed. */
+  async take(bytes: number): Promise<void> {
+    const now = performance.now();
+    const start = Math.max(now, this.nextFree);
+    this.nextFree = start + (bytes / this.bytesPerSecond) * 1000;
+    const wait = start - now;
+    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+  }
+}

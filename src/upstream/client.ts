@@ -5,7 +5,7 @@
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, EnvHttpProxyAgent, ProxyAgent, request, type Dispatcher } from 'undici';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import { RegistryError } from '../oci/errors.js';
@@ -48,13 +48,25 @@ const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
 const MAX_REDIRECTS = 5;
 const USER_AGENT = 'registry-mirror/0.1 (+pull-through cache)';
 
-export function createUpstreamAgent(timeouts: { connectMs: number; headersMs: number; bodyIdleMs: number }): Agent {
-  return new Agent({
+/**
+ * The connection pool for one upstream: direct, through its configured proxy, or through
+ * the environment's HTTPS_PROXY/HTTP_PROXY (honouring NO_PROXY) when it names one.
+ */
+export function createUpstreamAgent(
+  timeouts: { connectMs: number; headersMs: number; bodyIdleMs: number },
+  options: { proxy?: string | undefined; maxConnections?: number; env?: NodeJS.ProcessEnv } = {},
+): Dispatcher {
+  const common = {
     connect: { timeout: timeouts.connectMs },
     headersTimeout: timeouts.headersMs,
     bodyTimeout: timeouts.bodyIdleMs,
     keepAliveTimeout: 30_000,
-  });
+    ...(options.maxConnections ? { connections: options.maxConnections } : {}),
+  };
+  if (options.proxy) return new ProxyAgent({ uri: options.proxy, ...common });
+  const env = options.env ?? process.env;
+  if (env.HTTPS_PROXY || env.https_proxy || env.HTTP_PROXY || env.http_proxy) return new EnvHttpProxyAgent(common);
+  return new Agent(common);
 }
 
 export function headerValue(headers: UpstreamResponse['headers'], name: string): string | undefined {

@@ -25,6 +25,10 @@ export class UpstreamRegistry {
   readonly alias: string | undefined;
   readonly allowSchema1: boolean;
   readonly credentials: { username: string; password: string } | undefined;
+  readonly segments: number;
+  readonly proxy: string | undefined;
+  readonly maxConnections: number;
+  readonly maxBytesPerSecond: number;
   private readonly libraryPrefix: boolean;
   private readonly allowed: RegExp[];
 
@@ -37,6 +41,10 @@ export class UpstreamRegistry {
     this.libraryPrefix = config.libraryPrefix;
     this.credentials = config.username && config.password ? { username: config.username, password: config.password } : undefined;
     this.allowed = config.repositories.map(globToRegExp);
+    this.segments = config.segments;
+    this.proxy = config.proxy;
+    this.maxConnections = config.maxConnections;
+    this.maxBytesPerSecond = config.maxBytesPerSecond;
   }
 
   /** The repository name as the upstream knows it: Docker Hub's `alpine` is `library/alpine`. */

@@ -113,7 +113,12 @@ interface Descriptor {
   mediaType?: string;
 }
 
-export async function pull(options: PullOptions): Promise<PullResult> {
+/**
+ * `beforeLayers` runs after the manifest and config, before the first layer request (the
+ * concurrent test lines all clients up there, so that every one of them asks for the layer
+ * while it is still downloading).
+ */
+export async function pull(options: PullOptions, beforeLayers?: () => Promise<void>): Promise<PullResult> {
   const { baseUrl, repository, reference } = options;
   const parallel = options.parallel ?? 3;
   const signal = AbortSignal.timeout(options.timeoutMs ?? 180_000);
@@ -161,6 +166,7 @@ export async function pull(options: PullOptions): Promise<PullResult> {
       });
     };
     await fetchBlob(manifest.config);
+    await beforeLayers?.();
     const queue = [...manifest.layers];
     await Promise.all(
       Array.from({ length: Math.min(parallel, queue.length) }, async () => {
@@ -178,7 +184,17 @@ if (process.env.BENCH_PULL_CLIENT === '1' && process.send) {
   process.on('message', (msg: { id: number; op: 'pull' | 'pulls' | 'auth'; options: PullOptions; count?: number }) => {
     const work = async () => {
       if (msg.op === 'auth') return authorizationFor(msg.options.baseUrl, msg.options.repository, msg.options.reference);
-      if (msg.op === 'pulls') return Promise.all(Array.from({ length: msg.count ?? 1 }, () => pull(msg.options)));
+      if (msg.op === 'pulls') {
+        const count = msg.count ?? 1;
+        let waiting = 0;
+        let release!: () => void;
+        const allReady = new Promise<void>((resolve) => (release = resolve));
+        const barrier = () => {
+          if (++waiting === count) release();
+          return allReady;
+        };
+        return Promise.all(Array.from({ length: count }, () => pull(msg.options, barrier)));
+      }
       return pull(msg.options);
     };
     work().then(

@@ -8,7 +8,7 @@
 //   npm run bench -- --systems mirror --phases warm --cpu-prof --no-results
 //
 // Options: --systems mirror,distribution,nginx  --phases cold,warm,concurrent
-//          --skip-build  --cpu-prof (profile the mirror processes; summaries printed)
+//          (warm = blob,manifest)  --skip-build  --cpu-prof (profile the mirror processes; summaries printed)
 //          --no-results (do not rewrite RESULTS.md)
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { cpus, totalmem, tmpdir } from 'node:os';
@@ -36,7 +36,8 @@ const { values: argv } = parseArgs({
   },
 });
 const systems = argv.systems!.split(',').map((s) => s.trim()) as SystemKey[];
-const phases = new Set(argv.phases!.split(',').map((s) => s.trim()));
+const phases = new Set(argv.phases!.split(',').flatMap((s) => (s.trim() === 'warm' ? ['blob', 'manifest'] : [s.trim()])));
+for (const p of phases) if (!['cold', 'blob', 'manifest', 'concurrent'].includes(p)) throw new Error(`unknown phase ${p}`);
 for (const s of systems) if (!['mirror', 'distribution', 'nginx'].includes(s)) throw new Error(`unknown system ${s}`);
 
 const LABELS: Record<SystemKey, string> = { mirror: 'mirror', distribution: 'distribution (proxy)', nginx: 'nginx (proxy_cache)' };
@@ -130,6 +131,20 @@ interface SystemResult {
   notes: string[];
 }
 
+/** Wait until the upstream front has been quiet for a moment (reference systems go on fetching after the client is done). */
+async function settle(upstream: RealUpstream, quietMs = 500, maxMs = 15_000): Promise<void> {
+  const until = Date.now() + maxMs;
+  let last = -1;
+  while (Date.now() < until) {
+    const now = upstream.bytes({}) + upstream.requests.length;
+    if (now === last) return;
+    last = now;
+    await new Promise((r) => setTimeout(r, quietMs));
+  }
+}
+
+const rssNote = (sys: RunningSystem) => `peak RSS so far ${(sys.peakRss() / MiB).toFixed(1)} MiB`;
+
 const imageBytes = (image: Image) => image.manifest.bytes.length + image.config.size + image.layers.reduce((a, l) => a + l.size, 0);
 
 async function startSystem(key: SystemKey, upstreamUrl: string, workDir: string, profDir?: string): Promise<RunningSystem> {
@@ -143,11 +158,11 @@ async function benchSystem(
   ctx: { upstream: RealUpstream; client: PullClient; workDir: string; big: Image; concurrent: Image; profRoot?: string },
 ): Promise<SystemResult> {
   const { upstream, client, workDir, big, concurrent } = ctx;
-  const r: SystemResult = { key, profiles: [] };
+  const r: SystemResult = { key, profiles: [], notes: [] };
   const label = LABELS[key];
   const profDir = (run: string) => (key === 'mirror' && ctx.profRoot ? join(ctx.profRoot, run) : undefined);
 
-  if (phases.has('cold') || phases.has('warm')) {
+  if (phases.has('cold') || phases.has('blob') || phases.has('manifest')) {
     // Run 1: a fresh cache; one cold pull of the big image, then the warm measurements.
     const sys = await startSystem(key, upstream.url, workDir, profDir('run1-cold-warm'));
     try {
@@ -158,13 +173,21 @@ async function benchSystem(
       r.coldUpstreamBytes = upstream.bytes({});
       r.coldUpstreamBlobGets = upstream.count({ method: 'GET', kind: 'blob' });
       r.coldUpstreamRequests = upstream.requests.length;
+      const before = r.coldUpstreamBytes;
       log(
         `${label}: cold pull of ${(imageBytes(big) / MiB).toFixed(1)} MiB in ${(cold.ms / 1000).toFixed(2)} s; upstream sent ${(r.coldUpstreamBytes / MiB).toFixed(1)} MiB in ${r.coldUpstreamRequests} requests (${r.coldUpstreamBlobGets} blob GETs)`,
       );
 
-      if (phases.has('warm')) {
-        const auth = await client.auth({ baseUrl: sys.url, repository: 'bench/big', reference: '1' });
-        const authHeaders: Record<string, string> = auth ? { authorization: auth } : {};
+      await settle(upstream);
+      r.coldUpstreamBytes = upstream.bytes({});
+      r.coldUpstreamBlobGets = upstream.count({ method: 'GET', kind: 'blob' });
+      r.coldUpstreamRequests = upstream.requests.length;
+      if (r.coldUpstreamBytes !== before) log(`${label}: after the pull the upstream went on sending: ${(r.coldUpstreamBytes / MiB).toFixed(1)} MiB in ${r.coldUpstreamRequests} requests (${r.coldUpstreamBlobGets} blob GETs)`);
+      log(`${label}: ${rssNote(sys)} after the cold pull`);
+
+      const auth = await client.auth({ baseUrl: sys.url, repository: 'bench/big', reference: '1' });
+      const authHeaders: Record<string, string> = auth ? { authorization: auth } : {};
+      if (phases.has('blob')) {
         const layer = big.layers[0]!;
         const blobUrl = `${sys.url}/v2/bench/big/blobs/${layer.digest}`;
         await curlDownload(blobUrl, authHeaders); // warm-up
@@ -184,7 +207,9 @@ async function benchSystem(
         }
         r.blobEightClientsMBps = median(eight);
         log(`${label}: warm blob (${(layer.size / MiB).toFixed(0)} MiB) 1 client ${r.blobOneClientMBps.toFixed(0)} MB/s [${one.map((v) => v.toFixed(0)).join(', ')}], 8 clients ${r.blobEightClientsMBps.toFixed(0)} MB/s [${eight.map((v) => v.toFixed(0)).join(', ')}]`);
-
+        log(`${label}: ${rssNote(sys)} after the warm blob downloads`);
+      }
+      if (phases.has('manifest')) {
         const manifestHeaders = { accept: MANIFEST_ACCEPT, ...authHeaders };
         const tagUrl = `${sys.url}/v2/bench/big/manifests/1`;
         const digestUrl = `${sys.url}/v2/bench/big/manifests/${big.manifest.digest}`;
@@ -203,6 +228,7 @@ async function benchSystem(
           `${label}: manifest by digest ${r.manifestDigest.requestsPerSecond.toFixed(0)} req/s, p50 ${r.manifestDigest.p50Ms.toFixed(2)} ms, p99 ${r.manifestDigest.p99Ms.toFixed(2)} ms (${r.manifestDigest.tool}, ${r.manifestDigest.errors} errors)`,
         );
         for (const m of [r.manifestTag, r.manifestDigest]) if (m.errors > 0) r.notes.push(`${label}: ${m.errors} non-2xx/socket errors under load`);
+        log(`${label}: ${rssNote(sys)} after the manifest load`);
       }
     } finally {
       await sys.stop();
@@ -219,6 +245,7 @@ async function benchSystem(
       const started = performance.now();
       const pulls = await client.pulls({ baseUrl: sys.url, repository: 'bench/concurrent', reference: '1' }, CONCURRENT_CLIENTS);
       r.concurrentWallMs = performance.now() - started;
+      await settle(upstream);
       r.concurrentUpstreamBlobGets200 = upstream.count({ method: 'GET', kind: 'blob', status: 200 });
       r.concurrentUpstreamBlobRequests = upstream.count({ kind: 'blob' });
       r.concurrentUpstreamBytes = upstream.bytes({});
@@ -229,7 +256,7 @@ async function benchSystem(
       r.concurrentTtfbMaxMs = Math.max(...ttfb);
       r.concurrentFirstLayerDoneMs = Math.min(...timings.map((t) => t.totalMs));
       log(
-        `${label}: ${CONCURRENT_CLIENTS} pulls in ${(r.concurrentWallMs / 1000).toFixed(2)} s; upstream blob GETs 200: ${r.concurrentUpstreamBlobGets200} (blob requests ${r.concurrentUpstreamBlobRequests}, distinct blobs 2), upstream ${(r.concurrentUpstreamBytes / MiB).toFixed(1)} MiB; layer TTFB p50 ${r.concurrentTtfbP50Ms.toFixed(0)} ms, max ${r.concurrentTtfbMaxMs.toFixed(0)} ms; fastest layer download ${r.concurrentFirstLayerDoneMs.toFixed(0)} ms`,
+        `${label}: ${rssNote(sys)}; ${CONCURRENT_CLIENTS} pulls in ${(r.concurrentWallMs / 1000).toFixed(2)} s; upstream blob GETs 200: ${r.concurrentUpstreamBlobGets200} (blob requests ${r.concurrentUpstreamBlobRequests}, distinct blobs 2), upstream ${(r.concurrentUpstreamBytes / MiB).toFixed(1)} MiB; layer TTFB p50 ${r.concurrentTtfbP50Ms.toFixed(0)} ms, max ${r.concurrentTtfbMaxMs.toFixed(0)} ms; fastest layer download ${r.concurrentFirstLayerDoneMs.toFixed(0)} ms`,
       );
     } finally {
       await sys.stop();
@@ -429,7 +456,7 @@ async function main(): Promise<number> {
   if (!existsSync('/usr/bin/docker-registry')) ensureAptPackage('docker-registry', 'docker-registry');
   if (systems.includes('nginx') && !ensureAptPackage('nginx', 'nginx')) throw new Error('nginx is not installed and could not be installed');
   if (!ensureAptPackage('curl', 'curl')) throw new Error('curl is required');
-  if (phases.has('warm') && !ensureAptPackage('wrk', 'wrk')) log('wrk is not available: falling back to autocannon');
+  if (phases.has('manifest') && !ensureAptPackage('wrk', 'wrk')) log('wrk is not available: falling back to autocannon');
 
   workDir = mkdtempSync(join(tmpdir(), 'registry-mirror-bench-'));
   const profRoot = argv['cpu-prof'] ? join(tmpdir(), `registry-mirror-bench-prof-${new Date().toISOString().replace(/[:.]/g, '-')}`) : undefined;

@@ -105,7 +105,7 @@ function track(system: RunningSystem): RunningSystem {
   const stop = system.stop;
   system.stop = async () => {
     running.delete(system);
-    await stop();
+    await stop.call(system);
   };
   return system;
 }
@@ -270,7 +270,7 @@ export async function startNginx(options: { upstreamUrl: string; workDir: string
       '    proxy_ignore_headers Cache-Control Expires Set-Cookie;',
       '    add_header X-Cache-Status $upstream_cache_status always;',
       '    # manifests by digest: immutable',
-      '    location ~ ^/v2/.+/manifests/sha256:[a-f0-9]{64}$ {',
+      '    location ~ "^/v2/.+/manifests/sha256:[a-f0-9]{64}$" {',
       '      proxy_cache_key $uri;',
       '      proxy_cache_valid 200 7d;',
       ...proxy,
@@ -282,7 +282,7 @@ export async function startNginx(options: { upstreamUrl: string; workDir: string
       ...proxy,
       '    }',
       '    # blobs: immutable',
-      '    location ~ ^/v2/.+/blobs/sha256:[a-f0-9]{64}$ {',
+      '    location ~ "^/v2/.+/blobs/sha256:[a-f0-9]{64}$" {',
       '      proxy_cache_key $uri;',
       '      proxy_cache_valid 200 7d;',
       ...proxy,
