@@ -66,6 +66,11 @@ const upstreamSchema = z.strictObject({
   segments: z.number().int().min(1).max(32).optional(),
   /** An HTTP(S) proxy for this upstream (default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY from the environment). */
   proxy: httpUrl.optional(),
+  /**
+   * The url is another registry-mirror (a regional tier): add `?ns=<this upstream's name>` to
+   * every request so that it routes to the same registry, as containerd does with mirrors.
+   */
+  sendNamespace: z.boolean().prefault(false),
   /** At most this many connections to each of this upstream's hosts (0 = unbounded). */
   maxConnections: z.number().int().min(0).prefault(0),
   /** At most this many bytes per second downloaded from this upstream, all downloads together (0 = unbounded). */
@@ -173,6 +178,7 @@ export interface UpstreamConfig {
   libraryPrefix: boolean;
   allowSchema1: boolean;
   segments: number;
+  sendNamespace: boolean;
   proxy: string | undefined;
   maxConnections: number;
   maxBytesPerSecond: number;
@@ -343,6 +349,7 @@ export function buildConfig(
     libraryPrefix: u.libraryPrefix ?? name === 'docker.io',
     allowSchema1: u.allowSchema1,
     segments: u.segments ?? parsed.downloads.segments,
+    sendNamespace: u.sendNamespace,
     proxy: u.proxy,
     maxConnections: u.maxConnections,
     maxBytesPerSecond: u.maxBytesPerSecond,

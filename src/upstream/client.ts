@@ -193,6 +193,8 @@ export class UpstreamClient {
   private async send(req: UpstreamRequest): Promise<UpstreamResponse> {
     const scope = req.repository ? `repository:${req.repository}:pull` : undefined;
     const url = new URL(this.registry.url + req.path);
+    // An upper-tier mirror routes by ns, like a containerd mirror request.
+    if (this.registry.sendNamespace && req.path.startsWith('/v2/') && req.path !== '/v2/') url.searchParams.set('ns', this.registry.name);
     const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...req.headers };
     let authorization = await this.authorization(scope, false);
     let response = await this.dispatch(url, req.method, headers, authorization);

@@ -26,6 +26,7 @@ export class UpstreamRegistry {
   readonly allowSchema1: boolean;
   readonly credentials: { username: string; password: string } | undefined;
   readonly segments: number;
+  readonly sendNamespace: boolean;
   readonly proxy: string | undefined;
   readonly maxConnections: number;
   readonly maxBytesPerSecond: number;
@@ -42,6 +43,7 @@ export class UpstreamRegistry {
     this.credentials = config.username && config.password ? { username: config.username, password: config.password } : undefined;
     this.allowed = config.repositories.map(globToRegExp);
     this.segments = config.segments;
+    this.sendNamespace = config.sendNamespace;
     this.proxy = config.proxy;
     this.maxConnections = config.maxConnections;
     this.maxBytesPerSecond = config.maxBytesPerSecond;

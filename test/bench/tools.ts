@@ -162,10 +162,28 @@ export function summarizeCpuProfile(path: string, top = 20): string {
     const bucket = url.startsWith('node:') ? url.replace(/^(node:(internal\/)?[^/]+).*$/, '$1') : file.startsWith('node_modules/') ? file.split('/').slice(0, 2).join('/') : file;
     byFile.set(bucket, (byFile.get(bucket) ?? 0) + us);
   }
+  // Inclusive time of the project's own functions and of its dependencies' entry points.
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const inclusive = new Map<string, number>();
+  profile.samples.forEach((id, i) => {
+    const us = Math.max(0, profile.timeDeltas[i] ?? 0);
+    const seen = new Set<string>();
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      const { functionName, url, lineNumber } = byId.get(cur)!.callFrame;
+      if (!url.includes('/dist/') && !url.includes('/node_modules/')) continue;
+      const key = `${functionName || '(anonymous)'} ${shortUrl(url)}:${lineNumber + 1}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      inclusive.set(key, (inclusive.get(key) ?? 0) + us);
+    }
+  });
   const busy = total - idle;
   const pct = (us: number) => `${((100 * us) / Math.max(1, busy)).toFixed(1).padStart(5)}%`;
   const lines = [`${path}: ${(total / 1e6).toFixed(1)} s sampled, ${(busy / 1e6).toFixed(1)} s busy (percentages of busy time)`, '  top self time by function:'];
   for (const [fn, us] of [...byFunction].sort((a, b) => b[1] - a[1]).slice(0, top)) lines.push(`  ${pct(us)}  ${fn}`);
+  lines.push('  inclusive time of project and dependency functions:');
+  for (const [fn, us] of [...inclusive].sort((a, b) => b[1] - a[1]).slice(0, top)) lines.push(`  ${pct(us)}  ${fn}`);
   lines.push('  self time by module:');
   for (const [file, us] of [...byFile].sort((a, b) => b[1] - a[1]).slice(0, 12)) lines.push(`  ${pct(us)}  ${file}`);
   return lines.join('\n');
