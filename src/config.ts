@@ -93,6 +93,23 @@ const configSchema = z.strictObject({
   storage: z
     .strictObject({
       path: z.string().min(1).prefault('./data'),
+      /** Where verified content lives: this disk, or S3-compatible object storage shared by replicas. */
+      driver: z.enum(['filesystem', 's3']).prefault('filesystem'),
+      s3: z
+        .strictObject({
+          bucket: z.string().min(1),
+          /** Key prefix inside the bucket, e.g. "mirror/". */
+          prefix: z.string().prefault(''),
+          /** For Ceph RGW, MinIO…; absent for AWS. */
+          endpoint: httpUrl.optional(),
+          region: z.string().prefault('us-east-1'),
+          accessKeyId: z.string().optional(),
+          secretAccessKey: z.string().optional(),
+          forcePathStyle: z.boolean().prefault(true),
+          /** Answer blob GETs with a 307 to a presigned URL valid this long (0 = stream through the replica). */
+          redirect: duration.prefault(0),
+        })
+        .optional(),
       /** 0 = unbounded. */
       maxSize: size.prefault(0),
       /** Eviction starts past this fraction of maxSize… */
@@ -188,7 +205,14 @@ export interface Config {
   listen: { host: string; port: number };
   tls: { cert: string; key: string } | undefined;
   auth: { htpasswd: string; realm: string } | undefined;
-  storage: { path: string; maxSize: number; highWatermark: number; lowWatermark: number };
+  storage: {
+    path: string;
+    driver: 'filesystem' | 's3';
+    s3: import('./cache/s3-store.js').S3StoreOptions | undefined;
+    maxSize: number;
+    highWatermark: number;
+    lowWatermark: number;
+  };
   log: ParsedConfig['log'];
   offline: boolean;
   defaultUpstream: string;
@@ -361,6 +385,7 @@ export function buildConfig(
   for (const u of upstreams) {
     if (u.username && !u.password) more.push(`upstreams.${u.name}.password: required when username is set`);
   }
+  if (parsed.storage.driver === 's3' && !parsed.storage.s3) more.push('storage.s3: required when storage.driver is s3 (bucket, endpoint, credentials)');
   if (parsed.storage.lowWatermark >= parsed.storage.highWatermark) {
     more.push('storage.lowWatermark: must be below storage.highWatermark');
   }
@@ -370,7 +395,23 @@ export function buildConfig(
     listen: parsed.listen,
     tls: parsed.tls,
     auth: parsed.auth,
-    storage: parsed.storage,
+    storage: {
+      path: parsed.storage.path,
+      driver: parsed.storage.driver,
+      s3: parsed.storage.s3 && {
+        bucket: parsed.storage.s3.bucket,
+        prefix: parsed.storage.s3.prefix,
+        endpoint: parsed.storage.s3.endpoint,
+        region: parsed.storage.s3.region,
+        accessKeyId: parsed.storage.s3.accessKeyId,
+        secretAccessKey: parsed.storage.s3.secretAccessKey,
+        forcePathStyle: parsed.storage.s3.forcePathStyle,
+        redirectTtlMs: parsed.storage.s3.redirect,
+      },
+      maxSize: parsed.storage.maxSize,
+      highWatermark: parsed.storage.highWatermark,
+      lowWatermark: parsed.storage.lowWatermark,
+    },
     log: parsed.log,
     offline: parsed.offline,
     defaultUpstream: parsed.defaultUpstream,

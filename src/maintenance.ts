@@ -1,10 +1,10 @@
 // gc, verify, ls and stats: work on the cache's storage directly (SQLite in WAL mode and
 // content-addressed files make this safe while a server runs on the same storage).
 
-import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import pino from 'pino';
-import { FileBlobStore } from './cache/blob-store.js';
+import type { BlobStore } from './cache/blob-store.js';
+import { createBlobStore } from './cache/s3-store.js';
 import { Evictor } from './cache/eviction.js';
 import { CacheIndex } from './cache/index.js';
 import type { Config } from './config.js';
@@ -12,13 +12,13 @@ import { DigestVerifier } from './oci/digest.js';
 import { parseDigest } from './oci/reference.js';
 
 export interface Cache {
-  store: FileBlobStore;
+  store: BlobStore;
   index: CacheIndex;
   close(): void;
 }
 
 export async function openCache(config: Config): Promise<Cache> {
-  const store = new FileBlobStore(config.storage.path);
+  const store = createBlobStore(config);
   await store.init({ sweep: false });
   const index = new CacheIndex(join(config.storage.path, 'index.db'));
   return { store, index, close: () => index.close() };
@@ -45,7 +45,7 @@ export async function verifyCache(cache: Cache, onProgress?: (digest: string) =>
     }
     onProgress?.(object.digest);
     const verifier = new DigestVerifier(digest);
-    for await (const chunk of createReadStream(cache.store.pathOf(digest), { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>) {
+    for await (const chunk of cache.store.createReadStream(digest) as AsyncIterable<Buffer>) {
       verifier.update(chunk);
     }
     report.checked++;

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
-import { FileBlobStore } from './cache/blob-store.js';
+import type { BlobStore } from './cache/blob-store.js';
+import { createBlobStore } from './cache/s3-store.js';
 import { Downloads, type BlobDownload, type DownloadSource } from './cache/downloads.js';
 import { expiryFrom, tagFreshness } from './cache/freshness.js';
 import { CacheIndex, type TagRow } from './cache/index.js';
@@ -47,6 +48,8 @@ export interface BlobResult {
   /** Total size; undefined only when an upstream streams without a length. */
   size: number | undefined;
   outcome: CacheOutcome;
+  /** Where the client may fetch the bytes directly (a presigned object-store URL). */
+  redirect?: string | undefined;
   /** Bytes [start, end] inclusive (end undefined = to the end); absent for a HEAD. */
   open?: (start: number, end: number | undefined) => Readable;
 }
@@ -95,7 +98,7 @@ export class Mirror {
   readonly clock: Clock;
   readonly metrics: MirrorMetrics;
   readonly router: UpstreamRouter;
-  readonly store: FileBlobStore;
+  readonly store: BlobStore;
   readonly index: CacheIndex;
   readonly downloads: Downloads;
   readonly evictor: Evictor;
@@ -120,7 +123,7 @@ export class Mirror {
   /** Per upstream: revalidations are bounded in rate, not only made cheap. */
   private readonly revalidationBudget = new Map<string, TokenBucket>();
 
-  private constructor(options: MirrorOptions) {
+  private constructor(options: MirrorOptions, store: BlobStore) {
     this.config = options.config;
     this.logger = options.logger;
     this.clock = options.clock ?? systemClock;
@@ -129,7 +132,7 @@ export class Mirror {
     const fallback = upstreams.find((u) => u.name === this.config.defaultUpstream) ?? upstreams[0];
     if (!fallback) throw new Error('no upstream configured');
     this.router = new UpstreamRouter(upstreams, fallback);
-    this.store = new FileBlobStore(this.config.storage.path);
+    this.store = store;
     this.index = new CacheIndex(join(this.config.storage.path, 'index.db'));
     const tokens = new TokenCache(this.clock);
     for (const u of upstreams) {
@@ -163,9 +166,9 @@ export class Mirror {
   }
 
   static async create(options: MirrorOptions): Promise<Mirror> {
-    const store = new FileBlobStore(options.config.storage.path);
+    const store = createBlobStore(options.config);
     const { sweptTempFiles } = await store.init();
-    const mirror = new Mirror(options);
+    const mirror = new Mirror(options, store);
     if (sweptTempFiles > 0) mirror.logger.info({ sweptTempFiles }, 'removed unfinished downloads left by an earlier run');
     return mirror;
   }
@@ -385,7 +388,7 @@ export class Mirror {
     const cached = this.manifestCache.get(digest.value);
     if (cached) return cached;
     const row = this.index.getManifest(digest.value);
-    if (!row) return undefined;
+    if (!row) return this.store.kind === 's3' ? this.adoptSharedManifest(digest) : undefined;
     const bytes = await this.store.read(digest);
     if (!bytes) {
       // Index and disk disagree: the disk wins.
@@ -393,6 +396,26 @@ export class Mirror {
       return undefined;
     }
     const stored = { digest: row.digest, mediaType: row.mediaType, bytes };
+    this.manifestCache.set(digest.value, stored);
+    return stored;
+  }
+
+  /**
+   * Replicas share the bucket but not their indexes: a manifest another replica stored is
+   * taken from the store (verified again) before asking the upstream. Which repositories may
+   * see it is still decided by links (ensureLinked).
+   */
+  private async adoptSharedManifest(digest: Digest): Promise<StoredManifest | undefined> {
+    const bytes = await this.store.read(digest).catch(() => undefined);
+    if (!bytes || bytes.length > MAX_MANIFEST_BYTES || digestOf(bytes, digest.algorithm) !== digest.value) return undefined;
+    let parsed;
+    try {
+      parsed = parseManifest(bytes);
+    } catch {
+      return undefined;
+    }
+    this.index.putManifest({ digest: digest.value, mediaType: parsed.mediaType, size: bytes.length, children: childDigests(parsed) }, undefined, this.clock.now());
+    const stored = { digest: digest.value, mediaType: parsed.mediaType, bytes };
     this.manifestCache.set(digest.value, stored);
     return stored;
   }
@@ -420,6 +443,7 @@ export class Mirror {
         digest: digest.value,
         size: stat.size,
         outcome: 'hit',
+        redirect: this.store.directUrl ? await this.store.directUrl(digest) : undefined,
         open: (start, end) => this.serveFromStore(digest, start, end),
       };
     }

@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream, constants as fsConstants, type ReadStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import type { Digest } from '../oci/reference.js';
 
 function isAlive(pid: number): boolean {
@@ -33,10 +34,35 @@ export interface TempFile {
   handle: FileHandle;
 }
 
+/**
+ * Where verified content lives: the local filesystem (the embedded default) or S3-compatible
+ * object storage shared by replicas (s3-store.ts). Downloads always land in a local temp
+ * file first (scratch), are verified there, and only then are committed to the store.
+ */
+export interface BlobStore {
+  readonly kind: 'filesystem' | 's3';
+  init(options?: { sweep?: boolean }): Promise<{ sweptTempFiles: number }>;
+  stat(digest: Digest): Promise<StoredObject | undefined>;
+  /** Bytes [start, end] (inclusive). */
+  createReadStream(digest: Digest, start?: number, end?: number): Readable;
+  read(digest: Digest): Promise<Buffer | undefined>;
+  /** Room on the local scratch disk for a download of this size? */
+  hasSpaceFor(bytes: number): Promise<boolean>;
+  createTemp(): Promise<TempFile>;
+  /** Move a verified, fsynced temp file into the store (the temp file is gone afterwards). */
+  commit(tempPath: string, digest: Digest): Promise<void>;
+  write(digest: Digest, bytes: Uint8Array): Promise<void>;
+  delete(digest: Digest): Promise<boolean>;
+  list(): AsyncGenerator<StoredObject>;
+  /** A short-lived URL a client may fetch the object from directly (S3 with redirects on). */
+  directUrl?(digest: Digest): Promise<string | undefined>;
+}
+
 /** Read chunk for serving cached blobs: the hit path's throughput depends on it (DESIGN 3a). */
 export const READ_CHUNK_BYTES = 1024 * 1024;
 
-export class FileBlobStore {
+export class FileBlobStore implements BlobStore {
+  readonly kind = 'filesystem' as const;
   readonly root: string;
   readonly blobsDir: string;
   readonly tmpDir: string;

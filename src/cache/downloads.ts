@@ -18,7 +18,7 @@ import type { Logger } from 'pino';
 import { DigestVerifier } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { Digest } from '../oci/reference.js';
-import { READ_CHUNK_BYTES, type FileBlobStore } from './blob-store.js';
+import { READ_CHUNK_BYTES, type BlobStore } from './blob-store.js';
 
 /** An upstream's answer to a ranged GET, unjudged: the download decides whether to trust it. */
 export interface RangeAnswer {
@@ -84,7 +84,7 @@ export class BlobDownload extends EventEmitter {
 
   constructor(
     readonly digest: Digest,
-    private readonly store: FileBlobStore,
+    private readonly store: BlobStore,
     private readonly source: DownloadSource,
     private readonly options: DownloadOptions,
   ) {
@@ -445,7 +445,7 @@ export class Downloads {
   private readonly inFlight = new Map<string, BlobDownload>();
 
   constructor(
-    private readonly store: FileBlobStore,
+    private readonly store: BlobStore,
     private readonly options: DownloadOptions,
   ) {}
 

@@ -5,7 +5,7 @@
 
 import type { Logger } from 'pino';
 import { parseDigest } from '../oci/reference.js';
-import type { FileBlobStore } from './blob-store.js';
+import type { BlobStore } from './blob-store.js';
 import type { CacheIndex } from './index.js';
 
 export interface EvictionResult {
@@ -28,7 +28,7 @@ export class Evictor {
   private usage: number;
 
   constructor(
-    private readonly store: FileBlobStore,
+    private readonly store: BlobStore,
     private readonly index: CacheIndex,
     private readonly options: EvictionOptions,
     private readonly logger: Logger,

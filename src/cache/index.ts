@@ -202,16 +202,16 @@ export class CacheIndex {
   /** A manifest, its links and its references, in one transaction. */
   putManifest(
     m: { digest: string; mediaType: string; size: number; children: string[] },
-    link: { upstream: string; repo: string },
+    link: { upstream: string; repo: string } | undefined,
     now: number,
   ): void {
     this.db.transaction(() => {
       this.s.putManifest.run(m.digest, m.mediaType, m.size, now, now);
-      this.s.putLink.run(link.upstream, link.repo, m.digest);
+      if (link) this.s.putLink.run(link.upstream, link.repo, m.digest);
       for (const child of m.children) {
         this.s.putRef.run(m.digest, child);
         // The repository's own manifest says it contains these: it may be served them.
-        this.s.putLink.run(link.upstream, link.repo, child);
+        if (link) this.s.putLink.run(link.upstream, link.repo, child);
       }
     })();
   }

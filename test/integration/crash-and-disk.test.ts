@@ -81,7 +81,14 @@ describe('a full disk', () => {
     process.stderr.write(`cannot mount a size-limited tmpfs here (${(err as Error).message.split('\n')[0]}); the disk-full test is skipped\n`);
   }
   afterAll(() => {
-    if (mounted) execFileSync('umount', [mountPoint]);
+    if (mounted) {
+      try {
+        execFileSync('umount', [mountPoint], { stdio: 'pipe' });
+      } catch {
+        // Still busy for a moment (a file handle closing): detach it lazily instead.
+        execFileSync('umount', ['-l', mountPoint], { stdio: 'pipe' });
+      }
+    }
     rmSync(mountPoint, { recursive: true, force: true });
   });
 

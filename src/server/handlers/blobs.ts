@@ -24,6 +24,14 @@ export async function handleBlob(mirror: Mirror, ctx: RequestContext, name: stri
   // Content-addressed: it can never change.
   res.setHeader('Cache-Control', 'public, max-age=31536000, immutable');
 
+  if (blob.redirect && req.method === 'GET') {
+    // Bytes flow from the object store to the client; docker, containerd, podman and skopeo follow it.
+    res.statusCode = 307;
+    res.setHeader('Location', blob.redirect);
+    res.setHeader('Content-Length', 0);
+    res.end();
+    return;
+  }
   let start = 0;
   let end: number | undefined;
   if (blob.size !== undefined) {
