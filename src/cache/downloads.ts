@@ -13,7 +13,8 @@
 import { EventEmitter } from 'node:events';
 import { openSync, read, close } from 'node:fs';
 import { unlink, type FileHandle } from 'node:fs/promises';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { DigestVerifier } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
@@ -61,6 +62,8 @@ export interface DownloadOptions {
 
 export class BlobDownload extends EventEmitter {
   state: DownloadState = 'running';
+  /** The whole blob is in the temp file and matches its digest (not yet durable or committed). */
+  verified = false;
   /** Contiguous bytes written to the temp file (and hashed). */
   written = 0;
   totalSize: number | undefined;
@@ -136,16 +139,13 @@ export class BlobDownload extends EventEmitter {
             continue;
           }
           this.currentBody = body;
-          for await (const chunk of body as AsyncIterable<Buffer>) {
-            if (this.state !== 'running') throw this.error ?? new Error('download aborted');
-            if (this.totalSize !== undefined && this.written + chunk.length > this.totalSize) {
-              throw new RegistryError('DIGEST_INVALID', 'upstream sent more bytes than it announced', { status: 502, detail: { digest: this.digest.value } });
-            }
-            await this.source.throttle?.(chunk.length);
-            await writeAt(handle, chunk, this.written);
-            verifier.update(chunk);
-            this.written += chunk.length;
-            this.emit('progress');
+          const sink = this.fileSink(handle, verifier);
+          try {
+            await pipeline(body, sink.stream);
+          } finally {
+            // A write may still be under way when the connection drops: the resume offset
+            // (and the hash) must include it before anything else happens.
+            await sink.settled();
           }
           this.currentBody = undefined;
           if (this.totalSize === undefined || this.written >= this.totalSize) break;
@@ -175,6 +175,10 @@ export class BlobDownload extends EventEmitter {
           detail: { expected: this.digest.value, computed, size: this.written },
         });
       }
+      // The bytes are right: readers may have the last of them now. Durability (fsync) and
+      // the rename into the store follow without holding clients up.
+      this.verified = true;
+      this.emit('progress');
       await handle.datasync();
     } catch (err) {
       failure = err instanceof Error ? err : new Error(String(err));
@@ -204,6 +208,47 @@ export class BlobDownload extends EventEmitter {
       this.options.logger.error({ digest: this.digest.value, err: (err as Error).message }, 'could not record a committed blob in the index');
     }
     this.resolveFinished();
+    this.emit('progress');
+  }
+
+  /**
+   * Where one stream's bytes go: the temp file at `written`, then the hash, then the readers.
+   * Chunks that arrive while a write is under way are batched into one writev, so the
+   * upstream is never paused for a thread-pool round trip per 64 KiB (that alone made cold
+   * blobs ~5x slower than warm ones).
+   */
+  private fileSink(handle: FileHandle, verifier: DigestVerifier): { stream: Writable; settled(): Promise<void> } {
+    let last: Promise<void> = Promise.resolve();
+    const accept = (chunks: Buffer[]): Promise<void> => {
+      last = this.writeChunks(handle, verifier, chunks);
+      return last;
+    };
+    return {
+      stream: new Writable({
+        highWaterMark: 4 * 1024 * 1024,
+        write: (chunk: Buffer, _encoding, callback) => void accept([chunk]).then(() => callback(), callback),
+        writev: (entries, callback) => void accept(entries.map((e) => e.chunk as Buffer)).then(() => callback(), callback),
+      }),
+      settled: () => last.then(() => undefined, () => undefined),
+    };
+  }
+
+  private async writeChunks(handle: FileHandle, verifier: DigestVerifier, chunks: Buffer[]): Promise<void> {
+    if (this.state !== 'running') throw this.error ?? new Error('download aborted');
+    const length = chunks.reduce((n, c) => n + c.length, 0);
+    if (this.totalSize !== undefined && this.written + length > this.totalSize) {
+      throw new RegistryError('DIGEST_INVALID', 'upstream sent more bytes than it announced', { status: 502, detail: { digest: this.digest.value } });
+    }
+    await this.source.throttle?.(length);
+    let position = this.written;
+    let pending = chunks;
+    while (pending.length > 0) {
+      const { bytesWritten } = await handle.writev(pending, position);
+      position += bytesWritten;
+      pending = dropBytes(pending, bytesWritten);
+    }
+    for (const c of chunks) verifier.update(c);
+    this.written += length;
     this.emit('progress');
   }
 
@@ -345,6 +390,20 @@ export class BlobDownload extends EventEmitter {
   }
 }
 
+/** The buffers left after the first `count` bytes (for a short writev). */
+function dropBytes(buffers: Buffer[], count: number): Buffer[] {
+  const rest: Buffer[] = [];
+  let skip = count;
+  for (const b of buffers) {
+    if (skip >= b.length) skip -= b.length;
+    else {
+      rest.push(skip > 0 ? b.subarray(skip) : b);
+      skip = 0;
+    }
+  }
+  return rest;
+}
+
 async function writeAt(handle: FileHandle, chunk: Buffer, position: number): Promise<void> {
   let offset = 0;
   while (offset < chunk.length) {
@@ -400,9 +459,9 @@ class GrowingFileReader extends Readable {
     }
     // The last byte of the blob is held back until the digest is verified: a client must
     // never receive a complete body whose content turns out wrong (it would keep it).
-    const available = d.state === 'done' ? d.written : Math.min(d.written, (total ?? Infinity) - 1);
+    const available = d.state === 'done' || d.verified ? d.written : Math.min(d.written, (total ?? Infinity) - 1);
     if (this.position >= available) {
-      if (d.state === 'done') {
+      if (d.state === 'done' || (d.verified && total === undefined)) {
         this.push(null);
         return;
       }

@@ -33,10 +33,11 @@ export class ByteRateLimiter {
 
   /** Resolves when `bytes` may be consumed. */
   async take(bytes: number): Promise<void> {
+    // Each batch is released when its share of the rate has elapsed, so any amount of
+    // bytes takes at least bytes ÷ rate, however large the batches are.
     const now = performance.now();
-    const start = Math.max(now, this.nextFree);
-    this.nextFree = start + (bytes / this.bytesPerSecond) * 1000;
-    const wait = start - now;
+    this.nextFree = Math.max(now, this.nextFree) + (bytes / this.bytesPerSecond) * 1000;
+    const wait = this.nextFree - now;
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
   }
 }

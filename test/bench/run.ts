@@ -4,12 +4,16 @@
 // Prints one table, all three side by side with the mirror's ratio to each, checks the
 // targets, and writes the table to test/bench/RESULTS.md.
 //
-//   npm run bench                                   # everything (~3-4 minutes)
-//   npm run bench -- --systems mirror --phases warm --cpu-prof --no-results
+//   npm run bench                                   # everything (about 1.5 minutes)
+//   npm run bench -- --systems mirror --phases manifest --phase-prof --no-results
 //
-// Options: --systems mirror,distribution,nginx  --phases cold,warm,concurrent
-//          (warm = blob,manifest)  --skip-build  --cpu-prof (profile the mirror processes; summaries printed)
-//          --no-results (do not rewrite RESULTS.md)
+// Options: --systems mirror,distribution,nginx
+//          --phases cold,blob,manifest,concurrent (warm = blob,manifest; blob and manifest
+//            still start with the cold pull that warms the cache)
+//          --skip-build
+//          --cpu-prof    node --cpu-prof on the mirror: one profile per mirror process
+//          --phase-prof  one CPU profile per measurement, through the mirror's inspector
+//          --no-results  do not rewrite RESULTS.md
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { cpus, totalmem, tmpdir } from 'node:os';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -32,6 +36,7 @@ const { values: argv } = parseArgs({
     phases: { type: 'string', default: 'cold,warm,concurrent' },
     'skip-build': { type: 'boolean', default: false },
     'cpu-prof': { type: 'boolean', default: false },
+    'phase-prof': { type: 'boolean', default: false },
     'no-results': { type: 'boolean', default: false },
   },
 });
@@ -148,7 +153,7 @@ const rssNote = (sys: RunningSystem) => `peak RSS so far ${(sys.peakRss() / MiB)
 const imageBytes = (image: Image) => image.manifest.bytes.length + image.config.size + image.layers.reduce((a, l) => a + l.size, 0);
 
 async function startSystem(key: SystemKey, upstreamUrl: string, workDir: string, profDir?: string): Promise<RunningSystem> {
-  if (key === 'mirror') return startMirror({ upstreamUrl, workDir, cpuProfDir: profDir });
+  if (key === 'mirror') return startMirror({ upstreamUrl, workDir, cpuProfDir: argv['cpu-prof'] ? profDir : undefined, inspect: argv['phase-prof'] });
   if (key === 'distribution') return startDistributionProxy({ upstreamUrl, workDir });
   return startNginx({ upstreamUrl, workDir });
 }
@@ -161,14 +166,27 @@ async function benchSystem(
   const r: SystemResult = { key, profiles: [], notes: [] };
   const label = LABELS[key];
   const profDir = (run: string) => (key === 'mirror' && ctx.profRoot ? join(ctx.profRoot, run) : undefined);
+  /** Run one measurement, under the CPU profiler when --phase-prof. */
+  const measure = async <T>(sys: RunningSystem, name: string, fn: () => Promise<T>): Promise<T> => {
+    if (!sys.profiler || !ctx.profRoot) return fn();
+    await sys.profiler.start();
+    try {
+      return await fn();
+    } finally {
+      const path = join(ctx.profRoot, `${name}.cpuprofile`);
+      await sys.profiler.stop(path);
+      r.profiles.push(path);
+    }
+  };
 
   if (phases.has('cold') || phases.has('blob') || phases.has('manifest')) {
     // Run 1: a fresh cache; one cold pull of the big image, then the warm measurements.
+    await awaitIdle();
     const sys = await startSystem(key, upstream.url, workDir, profDir('run1-cold-warm'));
     try {
       log(`${label}: started at ${sys.url}`);
       upstream.resetCounts();
-      const cold = await client.pull({ baseUrl: sys.url, repository: 'bench/big', reference: '1' });
+      const cold = await measure(sys, 'cold-pull', () => client.pull({ baseUrl: sys.url, repository: 'bench/big', reference: '1' }));
       r.coldPullMs = cold.ms;
       r.coldUpstreamBytes = upstream.bytes({});
       r.coldUpstreamBlobGets = upstream.count({ method: 'GET', kind: 'blob' });
@@ -192,19 +210,21 @@ async function benchSystem(
         const blobUrl = `${sys.url}/v2/bench/big/blobs/${layer.digest}`;
         await curlDownload(blobUrl, authHeaders); // warm-up
         const one: number[] = [];
-        for (let i = 0; i < 3; i++) {
-          const c = await curlDownload(blobUrl, authHeaders);
-          if (c.bytes !== layer.size) throw new Error(`${label}: warm blob answered ${c.bytes} bytes`);
-          one.push(c.bytes / c.seconds / 1e6);
-        }
-        r.blobOneClientMBps = median(one);
         const eight: number[] = [];
-        for (let i = 0; i < 3; i++) {
-          const results = await Promise.all(Array.from({ length: 8 }, () => curlDownload(blobUrl, authHeaders)));
-          const bytes = results.reduce((a, c) => a + c.bytes, 0);
-          if (bytes !== 8 * layer.size) throw new Error(`${label}: 8 warm blob downloads answered ${bytes} bytes`);
-          eight.push(bytes / Math.max(...results.map((c) => c.seconds)) / 1e6);
-        }
+        await measure(sys, 'warm-blob', async () => {
+          for (let i = 0; i < 3; i++) {
+            const c = await curlDownload(blobUrl, authHeaders);
+            if (c.bytes !== layer.size) throw new Error(`${label}: warm blob answered ${c.bytes} bytes`);
+            one.push(c.bytes / c.seconds / 1e6);
+          }
+          for (let i = 0; i < 3; i++) {
+            const results = await Promise.all(Array.from({ length: 8 }, () => curlDownload(blobUrl, authHeaders)));
+            const bytes = results.reduce((a, c) => a + c.bytes, 0);
+            if (bytes !== 8 * layer.size) throw new Error(`${label}: 8 warm blob downloads answered ${bytes} bytes`);
+            eight.push(bytes / Math.max(...results.map((c) => c.seconds)) / 1e6);
+          }
+        });
+        r.blobOneClientMBps = median(one);
         r.blobEightClientsMBps = median(eight);
         log(`${label}: warm blob (${(layer.size / MiB).toFixed(0)} MiB) 1 client ${r.blobOneClientMBps.toFixed(0)} MB/s [${one.map((v) => v.toFixed(0)).join(', ')}], 8 clients ${r.blobEightClientsMBps.toFixed(0)} MB/s [${eight.map((v) => v.toFixed(0)).join(', ')}]`);
         log(`${label}: ${rssNote(sys)} after the warm blob downloads`);
@@ -218,12 +238,12 @@ async function benchSystem(
           if (res.stdout !== '200') throw new Error(`${label}: ${url} answered ${res.stdout}`);
         }
         upstream.resetCounts();
-        r.manifestTag = await loadTest(tagUrl, manifestHeaders, LOAD_SECONDS);
+        r.manifestTag = await measure(sys, 'manifest-by-tag', () => loadTest(tagUrl, manifestHeaders, LOAD_SECONDS));
         r.manifestTagUpstreamRequests = upstream.count({ kind: 'manifest' });
         log(
           `${label}: manifest by tag ${r.manifestTag.requestsPerSecond.toFixed(0)} req/s, p50 ${r.manifestTag.p50Ms.toFixed(2)} ms, p99 ${r.manifestTag.p99Ms.toFixed(2)} ms (${r.manifestTag.tool}, ${r.manifestTag.errors} errors, ${r.manifestTagUpstreamRequests} upstream manifest requests)`,
         );
-        r.manifestDigest = await loadTest(digestUrl, manifestHeaders, LOAD_SECONDS);
+        r.manifestDigest = await measure(sys, 'manifest-by-digest', () => loadTest(digestUrl, manifestHeaders, LOAD_SECONDS));
         log(
           `${label}: manifest by digest ${r.manifestDigest.requestsPerSecond.toFixed(0)} req/s, p50 ${r.manifestDigest.p50Ms.toFixed(2)} ms, p99 ${r.manifestDigest.p99Ms.toFixed(2)} ms (${r.manifestDigest.tool}, ${r.manifestDigest.errors} errors)`,
         );
@@ -238,12 +258,13 @@ async function benchSystem(
 
   if (phases.has('concurrent')) {
     // Run 2: a fresh cache; 20 clients pull the same cold image at once.
+    await awaitIdle();
     const sys = await startSystem(key, upstream.url, workDir, profDir('run2-concurrent'));
     try {
       log(`${label}: restarted cold at ${sys.url}; ${CONCURRENT_CLIENTS} concurrent cold pulls`);
       upstream.resetCounts();
       const started = performance.now();
-      const pulls = await client.pulls({ baseUrl: sys.url, repository: 'bench/concurrent', reference: '1' }, CONCURRENT_CLIENTS);
+      const pulls = await measure(sys, 'concurrent-cold-pulls', () => client.pulls({ baseUrl: sys.url, repository: 'bench/concurrent', reference: '1' }, CONCURRENT_CLIENTS));
       r.concurrentWallMs = performance.now() - started;
       await settle(upstream);
       r.concurrentUpstreamBlobGets200 = upstream.count({ method: 'GET', kind: 'blob', status: 200 });
@@ -397,6 +418,48 @@ function checkTargets(results: SystemResult[], big: Image): Check[] {
   return checks;
 }
 
+/** Share of all cores busy over `ms` (from /proc/stat): how idle the machine is without the bench. */
+async function machineBusy(ms = 1000): Promise<number> {
+  const sample = () => {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    const idle = f[3]! + (f[4] ?? 0);
+    return { idle, total: f.reduce((a, b) => a + b, 0) };
+  };
+  const a = sample();
+  await new Promise((r) => setTimeout(r, ms));
+  const b = sample();
+  return 1 - (b.idle - a.idle) / Math.max(1, b.total - a.total);
+}
+
+/** Wait (bounded) until the machine is quiet, so another user's burst does not land in a measurement. */
+async function awaitIdle(maxMs = 30_000): Promise<void> {
+  const until = Date.now() + maxMs;
+  let busy = await machineBusy(500);
+  if (busy < 0.15) return;
+  log(`waiting for the machine to go idle (${(busy * 100).toFixed(0)}% busy)`);
+  while (Date.now() < until) {
+    busy = await machineBusy(1000);
+    if (busy < 0.15) return;
+  }
+  log(`still ${(busy * 100).toFixed(0)}% busy after ${maxMs / 1000} s: measuring anyway (noisy)`);
+  noisy = true;
+}
+let noisy = false;
+
+function loadavg(): string {
+  return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+}
+
+function revision(): string {
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', 'src'], { cwd: ROOT, encoding: 'utf8' }).trim().split('\n').filter(Boolean).length;
+    return dirty ? `${head} + ${dirty} uncommitted file(s) in src/` : head;
+  } catch {
+    return 'unknown revision';
+  }
+}
+
 function machine(): { nproc: number; cpu: string; memory: string } {
   const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim() ?? cpus()[0]?.model ?? 'unknown';
   return { nproc: cpus().length, cpu: model, memory: `${(totalmem() / 1024 ** 3).toFixed(1)} GiB` };
@@ -412,7 +475,7 @@ function versions(): string {
   };
   return [
     `Node ${process.version}`,
-    first('/usr/bin/docker-registry --version').replace('github.com/docker/distribution ', 'distribution '),
+    first('/usr/bin/docker-registry --version').replace(/^.*github.com\/docker\/distribution /, 'distribution '),
     /nginx\/[\d.]+/.exec(first('/usr/sbin/nginx -v'))?.[0] ?? 'nginx',
     hasCommand('wrk') ? `wrk ${/wrk (?:debian\/)?([\d.]+)/.exec(first('wrk -v'))?.[1] ?? ''}`.trim() : 'autocannon',
     first('curl --version').split(' ').slice(0, 2).join(' '),
@@ -453,13 +516,15 @@ async function main(): Promise<number> {
     log('npm run build');
     execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: 'inherit', timeout: 180_000 });
   }
+  const rev = revision();
+  log(`mirror under test: ${rev}`);
   if (!existsSync('/usr/bin/docker-registry')) ensureAptPackage('docker-registry', 'docker-registry');
   if (systems.includes('nginx') && !ensureAptPackage('nginx', 'nginx')) throw new Error('nginx is not installed and could not be installed');
   if (!ensureAptPackage('curl', 'curl')) throw new Error('curl is required');
   if (phases.has('manifest') && !ensureAptPackage('wrk', 'wrk')) log('wrk is not available: falling back to autocannon');
 
   workDir = mkdtempSync(join(tmpdir(), 'registry-mirror-bench-'));
-  const profRoot = argv['cpu-prof'] ? join(tmpdir(), `registry-mirror-bench-prof-${new Date().toISOString().replace(/[:.]/g, '-')}`) : undefined;
+  const profRoot = argv['cpu-prof'] || argv['phase-prof'] ? join(tmpdir(), `registry-mirror-bench-prof-${new Date().toISOString().replace(/[:.]/g, '-')}`) : undefined;
   if (profRoot) mkdirSync(profRoot, { recursive: true });
 
   log('content: layers of 192 MiB + 64 MiB + small (bench/big:1) and 64 MiB (bench/concurrent:1), cached in the fixtures dir');
@@ -475,6 +540,12 @@ async function main(): Promise<number> {
   upstream.resetCounts();
   client = startPullClient();
 
+  await awaitIdle();
+  const busyBefore = await machineBusy();
+  const loadBefore = loadavg();
+  log(`machine: ${(busyBefore * 100).toFixed(0)}% of the CPUs busy before the first system starts (load average ${loadBefore})`);
+  if (busyBefore > 0.15) log('WARNING: the machine is not idle; other processes compete for the cores and the numbers will be noisy');
+
   const results: SystemResult[] = [];
   for (const key of systems) {
     results.push(await benchSystem(key, { upstream, client, workDir, big, concurrent, profRoot }));
@@ -486,6 +557,9 @@ async function main(): Promise<number> {
   const totalSeconds = (performance.now() - t0) / 1000;
   const m = machine();
   const notes = results.flatMap((r) => r.notes);
+  const busyAfter = await machineBusy();
+  const idleNote = `Machine idle check: ${(busyBefore * 100).toFixed(0)}% CPU busy before the first system (load ${loadBefore}), ${(busyAfter * 100).toFixed(0)}% after the last (load ${loadavg()}).`;
+  if (noisy || busyAfter > 0.15) notes.push(`${idleNote} Other processes were using the cores: treat the numbers as noisy.`);
 
   console.log('');
   console.log(table);
@@ -508,8 +582,8 @@ async function main(): Promise<number> {
     const md = [
       '# Benchmark results',
       '',
-      `\`npm run bench\` on ${date}: ${m.nproc} cores (${m.cpu}), ${m.memory} RAM, all on loopback. ${versions()}.`,
-      `The whole bench took ${totalSeconds.toFixed(0)} s.`,
+      `\`npm run bench\` on ${date} (mirror at ${rev}): ${m.nproc} cores (${m.cpu}), ${m.memory} RAM, all on loopback. ${versions()}.`,
+      `The whole bench took ${totalSeconds.toFixed(0)} s. ${idleNote}`,
       '',
       'One upstream for all three: CNCF distribution with Bearer token auth behind a counting front. Each system starts with an',
       'empty cache for each cold measurement. A pull is manifest by tag, config, then the layers 3 at a time, every blob',
@@ -518,6 +592,11 @@ async function main(): Promise<number> {
       'with `Accept`, digests 7 days, `sendfile on`); nginx\'s clients do the token dance themselves. Warm blobs: `curl` to',
       '/dev/null, median of 3 (8 clients: aggregate bytes ÷ slowest client). Warm manifests: `wrk -t2 -c16 -d5s --latency`.',
       'Peak RSS: VmHWM (nginx: master + workers). Ratios are mirror ÷ the other system.',
+      '',
+      'Reading it: distribution 2.8 in proxy mode fetches a cold blob twice (one upstream stream for the client, one',
+      'to store it) and every concurrent client of a blob that is still downloading gets its own upstream stream; nginx',
+      'fetches once but `proxy_cache_lock` holds every other client until the whole blob is cached (it polls the lock',
+      'every 500 ms), which the time-to-first-byte rows show; the mirror fetches once and streams to all of them at once.',
       '',
       table,
       '',

@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { WebSocket } from 'undici';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -23,7 +24,56 @@ export interface RunningSystem {
   /** Peak resident set (sum of VmHWM over its processes), bytes. */
   peakRss(): number;
   logPath: string;
+  /** Per-phase CPU profiles through the inspector (mirror started with `inspect`). */
+  profiler?: PhaseProfiler;
   stop(): Promise<void>;
+}
+
+export interface PhaseProfiler {
+  start(): Promise<void>;
+  /** Stops the running profile and writes it (Chrome .cpuprofile format) to `path`. */
+  stop(path: string): Promise<void>;
+  close(): void;
+}
+
+/** Drive V8's sampling profiler in a process started with --inspect, over the inspector WebSocket. */
+async function connectProfiler(wsUrl: string): Promise<PhaseProfiler> {
+  const ws = new WebSocket(wsUrl);
+  await new Promise<void>((resolve, reject) => {
+    ws.addEventListener('open', () => resolve(), { once: true });
+    ws.addEventListener('error', () => reject(new Error(`cannot connect to the inspector at ${wsUrl}`)), { once: true });
+  });
+  let nextId = 0;
+  const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  ws.addEventListener('message', (event) => {
+    const msg = JSON.parse(String(event.data)) as { id?: number; result?: unknown; error?: { message: string } };
+    if (msg.id === undefined) return;
+    const p = pending.get(msg.id);
+    pending.delete(msg.id);
+    if (msg.error) p?.reject(new Error(msg.error.message));
+    else p?.resolve(msg.result);
+  });
+  const send = (method: string, params: Record<string, unknown> = {}) =>
+    new Promise<unknown>((resolve, reject) => {
+      const id = ++nextId;
+      pending.set(id, { resolve, reject });
+      ws.send(JSON.stringify({ id, method, params }));
+      setTimeout(() => {
+        if (pending.delete(id)) reject(new Error(`inspector: ${method} timed out`));
+      }, 30_000).unref();
+    });
+  await send('Profiler.enable');
+  await send('Profiler.setSamplingInterval', { interval: 500 });
+  return {
+    start: async () => {
+      await send('Profiler.start');
+    },
+    stop: async (path) => {
+      const { profile } = (await send('Profiler.stop')) as { profile: unknown };
+      writeFileSync(path, JSON.stringify(profile));
+    },
+    close: () => ws.close(),
+  };
 }
 
 /** Everything started and not yet stopped, for the bench's finally/signal cleanup. */
@@ -103,31 +153,51 @@ function stopChild(child: ChildProcess, signal: NodeJS.Signals, graceMs: number)
 function track(system: RunningSystem): RunningSystem {
   running.add(system);
   const stop = system.stop;
-  system.stop = async () => {
-    running.delete(system);
-    await stop.call(system);
+  let stopping: Promise<void> | undefined;
+  system.stop = () => {
+    stopping ??= stop.call(system).finally(() => running.delete(system));
+    return stopping;
   };
   return system;
 }
 
+// Last resort when the bench dies without its cleanup: SIGTERM whatever is still running
+// (nginx's master stops its workers; the workers are signalled too in case it is gone).
+const spawned = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of spawned) {
+    if (child.exitCode !== null || child.signalCode !== null || !child.pid) continue;
+    for (const pid of [...childrenOf(child.pid), child.pid]) {
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        // gone
+      }
+    }
+  }
+});
+
 function spawnLogged(command: string, args: string[], logPath: string, options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): ChildProcess {
   const fd = openSync(logPath, 'a');
   try {
-    return spawn(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ['ignore', fd, fd] });
+    const child = spawn(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ['ignore', fd, fd] });
+    spawned.add(child);
+    child.once('exit', () => spawned.delete(child));
+    return child;
   } finally {
     closeSync(fd);
   }
 }
 
 /** The mirror as in production: `node dist/cli.js serve`, access log (stdout) to a file. */
-export async function startMirror(options: { upstreamUrl: string; workDir: string; cpuProfDir?: string; logLevel?: string }): Promise<RunningSystem> {
+export async function startMirror(options: { upstreamUrl: string; workDir: string; cpuProfDir?: string; inspect?: boolean; logLevel?: string }): Promise<RunningSystem> {
   const dir = mkdtempSync(join(options.workDir, 'mirror-'));
   const storage = join(dir, 'storage');
   const logPath = join(dir, 'mirror.log');
   const port = await freePort();
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MIRROR_') && !k.startsWith('npm_')) env[k] = v;
-  const nodeArgs = options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : [];
+  const nodeArgs = [...(options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : []), ...(options.inspect ? ['--inspect=127.0.0.1:0'] : [])];
   // cwd = its own directory: the repository's mirror.config.yaml must not apply.
   const child = spawnLogged(
     process.execPath,
@@ -143,22 +213,37 @@ export async function startMirror(options: { upstreamUrl: string; workDir: strin
     const u = line ? /"url":"(http[^"]+)"/.exec(line) : null;
     if (u) url = u[1];
     else if (!alive()) throw new Error(`mirror exited (${child.exitCode ?? child.signalCode}):\n${tail(logPath)}`);
-    else if (Date.now() > until) throw new Error(`mirror did not log "mirror listening":\n${tail(logPath)}`);
+    else if (Date.now() > until) {
+      await stopChild(child, 'SIGKILL', 1000);
+      throw new Error(`mirror did not log "mirror listening":\n${tail(logPath)}`);
+    }
     else await new Promise((r) => setTimeout(r, 50));
   }
   const pid = child.pid!;
   let peak = 0;
+  let profiler: PhaseProfiler | undefined;
+  if (options.inspect) {
+    const ws = /Debugger listening on (ws:\/\/\S+)/.exec(tail(logPath, 100_000));
+    if (!ws) throw new Error(`no inspector URL in the mirror's output:\n${tail(logPath)}`);
+    profiler = await connectProfiler(ws[1]!);
+  }
   return track({
     key: 'mirror',
     url,
     logPath,
+    profiler,
     pids: () => (alive() ? [pid] : []),
     peakRss() {
       if (alive()) peak = Math.max(peak, vmHwm(pid));
       return peak;
     },
     async stop() {
-      this.peakRss();
+      try {
+        this.peakRss();
+      } catch {
+        // measuring must never keep a process alive
+      }
+      profiler?.close();
       await stopChild(child, 'SIGTERM', 15_000);
       rmSync(storage, { recursive: true, force: true });
     },
@@ -195,7 +280,10 @@ export async function startDistributionProxy(options: { upstreamUrl: string; wor
   const child = spawnLogged('/usr/bin/docker-registry', ['serve', configPath], logPath, { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
   const alive = () => child.exitCode === null && child.signalCode === null;
   const url = `http://127.0.0.1:${port}`;
-  await waitForHttp(`${url}/v2/`, 20_000, alive, () => tail(logPath));
+  await waitForHttp(`${url}/v2/`, 20_000, alive, () => tail(logPath)).catch(async (err: unknown) => {
+    await stopChild(child, 'SIGKILL', 1000);
+    throw err;
+  });
   const pid = child.pid!;
   let peak = 0;
   return track({
@@ -208,7 +296,11 @@ export async function startDistributionProxy(options: { upstreamUrl: string; wor
       return peak;
     },
     async stop() {
-      this.peakRss();
+      try {
+        this.peakRss();
+      } catch {
+        // measuring must never keep a process alive
+      }
       await stopChild(child, 'SIGTERM', 10_000);
       rmSync(join(dir, 'storage'), { recursive: true, force: true });
     },
@@ -299,7 +391,10 @@ export async function startNginx(options: { upstreamUrl: string; workDir: string
   const child = spawnLogged('/usr/sbin/nginx', ['-p', dir, '-c', confPath, '-e', logPath], join(dir, 'logs/stdout.log'));
   const alive = () => child.exitCode === null && child.signalCode === null;
   const url = `http://127.0.0.1:${port}`;
-  await waitForHttp(`${url}/v2/`, 20_000, alive, () => tail(logPath) + tail(join(dir, 'logs/stdout.log')));
+  await waitForHttp(`${url}/v2/`, 20_000, alive, () => tail(logPath) + tail(join(dir, 'logs/stdout.log'))).catch(async (err: unknown) => {
+    await stopChild(child, 'SIGTERM', 5000);
+    throw err;
+  });
   const pid = child.pid!;
   const peaks = new Map<number, number>();
   return track({
@@ -312,7 +407,11 @@ export async function startNginx(options: { upstreamUrl: string; workDir: string
       return [...peaks.values()].reduce((a, b) => a + b, 0);
     },
     async stop() {
-      this.peakRss();
+      try {
+        this.peakRss();
+      } catch {
+        // measuring must never keep a process alive
+      }
       await stopChild(child, 'SIGTERM', 10_000);
       rmSync(join(dir, 'cache'), { recursive: true, force: true });
     },

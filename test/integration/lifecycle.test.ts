@@ -105,6 +105,8 @@ describe('maintenance commands', () => {
     const image = addTinyImage(upstream, 'team/verified', 'v1', 'verified');
     expect((await get(`${mirror.url}/v2/team/verified/manifests/v1`)).status).toBe(200);
     expect((await get(`${mirror.url}/v2/team/verified/blobs/${image.layer}`)).status).toBe(200);
+    // The response ends once the digest checks; the rename into the store follows a moment later.
+    await until(() => existsSync(blobFile(mirror.storage, image.layer)));
     writeFileSync(blobFile(mirror.storage, image.layer), 'bit rot');
 
     const r = await runCli(['verify', '--storage', mirror.storage]);

@@ -20,6 +20,12 @@ function blobPath(m: TestMirror, digest: string): string {
   return join(m.storage, 'blobs', 'sha256', hex.slice(0, 2), hex);
 }
 
+/** The last byte goes out once the digest checks; the fsync and rename into the store follow. */
+async function stored(m: TestMirror, digest: string): Promise<boolean> {
+  for (let i = 0; i < 200 && !existsSync(blobPath(m, digest)); i++) await new Promise((r) => setTimeout(r, 10));
+  return existsSync(blobPath(m, digest));
+}
+
 function cold(size: number) {
   const bytes = pseudoRandomBytes(size, `slow-${++serial}-${Date.now()}`);
   return { bytes, digest: upstream.addBlob(bytes) };
@@ -60,7 +66,7 @@ describe('segmented upstream downloads', () => {
     expect(speedup).toBeGreaterThan(2.5);
     const ranged = upstream.requests.filter((r) => r.kind === 'blob' && r.method === 'GET' && r.status === 206);
     expect(ranged).toHaveLength(3);
-    expect(existsSync(blobPath(segmented, blob.digest))).toBe(true);
+    expect(await stored(segmented, blob.digest)).toBe(true);
   });
 
   it('falls back to one stream when the upstream ignores Range (200 to a ranged request)', async () => {
@@ -77,7 +83,7 @@ describe('segmented upstream downloads', () => {
       upstream.fault = (r) => (r.kind === 'blob' && r.range ? { headers } : undefined);
       const r = await get(`${segmented.url}/v2/team/app/blobs/${blob.digest}`);
       expect(r.body.equals(blob.bytes)).toBe(true);
-      expect(existsSync(blobPath(segmented, blob.digest))).toBe(true);
+      expect(await stored(segmented, blob.digest)).toBe(true);
     }
   });
 
