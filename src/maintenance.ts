@@ -3,8 +3,7 @@
 
 import { join } from 'node:path';
 import pino from 'pino';
-import type { BlobStore } from './cache/blob-store.js';
-import { createBlobStore } from './cache/s3-store.js';
+import { createBlobStore, type BlobStore } from './cache/blob-store.js';
 import { Evictor } from './cache/eviction.js';
 import { CacheIndex } from './cache/index.js';
 import type { Config } from './config.js';
@@ -18,7 +17,7 @@ export interface Cache {
 }
 
 export async function openCache(config: Config): Promise<Cache> {
-  const store = createBlobStore(config);
+  const store = await createBlobStore(config);
   await store.init({ sweep: false });
   const index = new CacheIndex(join(config.storage.path, 'index.db'));
   return { store, index, close: () => index.close() };

@@ -5,6 +5,19 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 export class MirrorMetrics {
   readonly registry = new Registry();
+  private readonly requestCounters = new Map<string, { inc(): void }>();
+
+  /** Per request: a cached labelled child, so the hot path does not hash labels. */
+  countRequest(route: string, status: number, outcome: string): void {
+    const key = `${route} ${status} ${outcome}`;
+    let child = this.requestCounters.get(key);
+    if (!child) {
+      child = this.requests.labels(route, String(status), outcome);
+      this.requestCounters.set(key, child);
+    }
+    child.inc();
+  }
+
   readonly requests = new Counter({
     name: 'mirror_http_requests_total',
     help: 'Requests answered, by route, status and cache outcome',

@@ -6,8 +6,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
-import type { BlobStore } from './cache/blob-store.js';
-import { createBlobStore } from './cache/s3-store.js';
+import { createBlobStore, type BlobStore } from './cache/blob-store.js';
 import { Downloads, type BlobDownload, type DownloadSource } from './cache/downloads.js';
 import { expiryFrom, tagFreshness } from './cache/freshness.js';
 import { CacheIndex, type TagRow } from './cache/index.js';
@@ -166,7 +165,7 @@ export class Mirror {
   }
 
   static async create(options: MirrorOptions): Promise<Mirror> {
-    const store = createBlobStore(options.config);
+    const store = await createBlobStore(options.config);
     const { sweptTempFiles } = await store.init();
     const mirror = new Mirror(options, store);
     if (sweptTempFiles > 0) mirror.logger.info({ sweptTempFiles }, 'removed unfinished downloads left by an earlier run');

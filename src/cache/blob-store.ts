@@ -190,3 +190,15 @@ export class FileBlobStore implements BlobStore {
     }
   }
 }
+
+/** The configured store. The S3 driver (and its SDK, ~40 MiB of RSS) loads only when used. */
+export async function createBlobStore(config: {
+  storage: { path: string; driver: 'filesystem' | 's3'; s3: import('./s3-store.js').S3StoreOptions | undefined };
+}): Promise<BlobStore> {
+  const s3 = config.storage.s3;
+  if (config.storage.driver === 's3' && s3) {
+    const { S3BlobStore } = await import('./s3-store.js');
+    return new S3BlobStore(config.storage.path, s3);
+  }
+  return new FileBlobStore(config.storage.path);
+}

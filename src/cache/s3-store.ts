@@ -17,7 +17,6 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
-import type { Config } from '../config.js';
 import type { Digest } from '../oci/reference.js';
 import { FileBlobStore, type BlobStore, type StoredObject, type TempFile } from './blob-store.js';
 
@@ -157,8 +156,3 @@ export class S3BlobStore implements BlobStore {
   }
 }
 
-export function createBlobStore(config: Config): BlobStore {
-  const s3 = config.storage.s3;
-  if (config.storage.driver === 's3' && s3) return new S3BlobStore(config.storage.path, s3);
-  return new FileBlobStore(config.storage.path);
-}

@@ -43,7 +43,24 @@ export function parseAccept(accept: string | string[] | undefined): string[] {
  * manifest type we know (or says nothing / `*\/*`), else the sorted subset it named.
  * Tags resolve differently under different Accept headers, so this is part of a tag's key.
  */
+const negotiated = new Map<string, { key: string; types: string[] }>();
+
 export function negotiateAccept(accept: string | string[] | undefined, allowSchema1: boolean): { key: string; types: string[] } {
+  // Clients send the same few Accept headers over and over: parse each once (bounded).
+  if (typeof accept === 'string') {
+    const cacheKey = `${allowSchema1 ? 1 : 0}${accept}`;
+    let hit = negotiated.get(cacheKey);
+    if (!hit) {
+      hit = negotiateUncached(accept, allowSchema1);
+      if (negotiated.size >= 256) negotiated.clear();
+      negotiated.set(cacheKey, hit);
+    }
+    return hit;
+  }
+  return negotiateUncached(accept, allowSchema1);
+}
+
+function negotiateUncached(accept: string | string[] | undefined, allowSchema1: boolean): { key: string; types: string[] } {
   const known = manifestAcceptList(allowSchema1);
   const asked = parseAccept(accept);
   if (asked.length === 0 || asked.includes('*/*')) return { key: 'all', types: known };

@@ -21,7 +21,9 @@ export interface RequestContext {
   id: string;
   started: number;
   path: string;
-  query: URLSearchParams;
+  /** The raw query string ('' when none); parsed on first use. */
+  rawQuery: string;
+  readonly query: URLSearchParams;
   /** Set by handlers for the access log. */
   outcome?: CacheOutcome;
   upstream?: string;
@@ -99,13 +101,18 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
   const rawUrl = req.url ?? '/';
   const q = rawUrl.indexOf('?');
   const path = q >= 0 ? rawUrl.slice(0, q) : rawUrl;
+  let parsedQuery: URLSearchParams | undefined;
   const ctx: RequestContext = {
     req,
     res,
     id: `${requestPrefix}-${(++requestCounter).toString(36)}`,
     started: performance.now(),
     path,
-    query: new URLSearchParams(q >= 0 ? rawUrl.slice(q + 1) : ''),
+    rawQuery: q >= 0 ? rawUrl.slice(q + 1) : '',
+    get query() {
+      parsedQuery ??= new URLSearchParams(this.rawQuery);
+      return parsedQuery;
+    },
     bytes: 0,
   };
   res.setHeader('X-Request-Id', ctx.id);
@@ -205,7 +212,7 @@ function accessLog(mirror: Mirror, ctx: RequestContext, state: ServerState): voi
   const status = ctx.res.statusCode;
   const complete = ctx.res.writableFinished;
   const route = routeLabel(ctx.path);
-  mirror.metrics.requests.inc({ route, status: String(status), outcome: ctx.outcome ?? 'none' });
+  mirror.metrics.countRequest(route, status, ctx.outcome ?? 'none');
   if (ctx.outcome && ctx.upstream && ctx.repository) {
     mirror.index.recordRequest(ctx.upstream, ctx.repository, ctx.outcome, ctx.bytes, route === 'manifest' && ctx.req.method === 'GET', mirror.clock.now());
     if (route === 'manifest' && ctx.req.method !== 'OPTIONS') {
@@ -220,7 +227,7 @@ function accessLog(mirror: Mirror, ctx: RequestContext, state: ServerState): voi
       reqId: ctx.id,
       method: ctx.req.method,
       path: ctx.path,
-      ns: ctx.query.get('ns') ?? undefined,
+      ns: ctx.rawQuery ? ctx.query.get('ns') ?? undefined : undefined,
       status,
       outcome: ctx.outcome,
       upstream: ctx.upstream,

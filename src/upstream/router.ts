@@ -17,6 +17,8 @@ export interface Route {
 
 export class UpstreamRouter {
   private readonly byHost = new Map<string, UpstreamRegistry>();
+  /** Routes already worked out (validation and globs cost more than a lookup), bounded. */
+  private readonly routes = new Map<string, Route>();
 
   constructor(
     readonly upstreams: readonly UpstreamRegistry[],
@@ -41,6 +43,16 @@ export class UpstreamRouter {
 
   /** `name` is the repository path from the URL (already split from /manifests/ etc.). */
   route(name: string, ns: string | null): Route {
+    const key = ns ? `${ns}\u0000${name}` : name;
+    const known = this.routes.get(key);
+    if (known) return known;
+    const route = this.resolve(name, ns);
+    if (this.routes.size >= 10_000) this.routes.clear();
+    this.routes.set(key, route);
+    return route;
+  }
+
+  private resolve(name: string, ns: string | null): Route {
     let upstream: UpstreamRegistry | undefined;
     let repository = name;
     let namespace: string | undefined;

@@ -10,12 +10,15 @@ export async function handleManifest(mirror: Mirror, ctx: RequestContext, name: 
   const result = await mirror.getManifest(route, ref, ctx.req.headers.accept);
   ctx.outcome = result.outcome;
   const { res } = ctx;
-  res.statusCode = 200;
-  res.setHeader('Content-Type', result.mediaType);
-  res.setHeader('Content-Length', result.bytes.length);
-  res.setHeader('Docker-Content-Digest', result.digest);
-  res.setHeader('ETag', `"${result.digest}"`);
-  if (result.warning) res.setHeader('Warning', result.warning);
+  // The hot path: one writeHead with every header, no per-header bookkeeping.
+  const headers: Record<string, string | number> = {
+    'Content-Type': result.mediaType,
+    'Content-Length': result.bytes.length,
+    'Docker-Content-Digest': result.digest,
+    ETag: `"${result.digest}"`,
+  };
+  if (result.warning) headers.Warning = result.warning;
+  res.writeHead(200, headers);
   if (ctx.req.method === 'HEAD') {
     res.end();
     return;
