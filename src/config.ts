@@ -125,6 +125,19 @@ const configSchema = z.strictObject({
       access: z.boolean().prefault(true),
     })
     .prefault({}),
+  /**
+   * Replicas that cooperate: the owner of a digest (on a consistent-hash ring of `peers`)
+   * downloads it from the upstream once; the others read it from the owner.
+   */
+  cluster: z
+    .strictObject({
+      /** This replica's URL as the other replicas reach it (must be one of peers). */
+      self: httpUrl,
+      peers: z.array(httpUrl).min(1),
+      /** Shared secret that marks requests between replicas (needed when client auth is on). */
+      secret: z.string().optional(),
+    })
+    .optional(),
   /** Never contact an upstream; serve only what is cached. */
   offline: z.boolean().prefault(false),
   /** Tag TTL for upstreams that do not set their own. */
@@ -205,6 +218,7 @@ export interface Config {
   listen: { host: string; port: number };
   tls: { cert: string; key: string } | undefined;
   auth: { htpasswd: string; realm: string } | undefined;
+  cluster: { self: string; peers: string[]; secret: string | undefined } | undefined;
   storage: {
     path: string;
     driver: 'filesystem' | 's3';
@@ -385,6 +399,7 @@ export function buildConfig(
   for (const u of upstreams) {
     if (u.username && !u.password) more.push(`upstreams.${u.name}.password: required when username is set`);
   }
+  if (parsed.cluster && !parsed.cluster.peers.includes(parsed.cluster.self)) more.push('cluster.self: must be one of cluster.peers');
   if (parsed.storage.driver === 's3' && !parsed.storage.s3) more.push('storage.s3: required when storage.driver is s3 (bucket, endpoint, credentials)');
   if (parsed.storage.lowWatermark >= parsed.storage.highWatermark) {
     more.push('storage.lowWatermark: must be below storage.highWatermark');
@@ -395,6 +410,7 @@ export function buildConfig(
     listen: parsed.listen,
     tls: parsed.tls,
     auth: parsed.auth,
+    cluster: parsed.cluster && { self: parsed.cluster.self, peers: parsed.cluster.peers, secret: parsed.cluster.secret },
     storage: {
       path: parsed.storage.path,
       driver: parsed.storage.driver,

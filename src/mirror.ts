@@ -26,6 +26,8 @@ import { UpstreamRegistry } from './upstream/registry.js';
 import { UpstreamRouter, type Route } from './upstream/router.js';
 import type { Dispatcher } from 'undici';
 import { ByteRateLimiter } from './cache/rate-limiter.js';
+import { HashRing } from './cluster/ring.js';
+import { Agent, request as undiciRequest } from 'undici';
 
 /** Why a stale tag was served (a metric label: a few fixed values). */
 type StaleReason = 'upstream-error' | 'rate-limit-reserve' | 'revalidation-budget';
@@ -104,6 +106,9 @@ export class Mirror {
   /** Open store read streams per digest: content being served is never evicted. */
   private readonly serving = new Map<string, number>();
   private readonly agents: Dispatcher[] = [];
+  /** Replicas: who owns which digest, and how to reach them. */
+  private readonly ring: HashRing | undefined;
+  private readonly peerAgent: Agent | undefined;
   /** Per upstream: the bandwidth cap shared by all its downloads. */
   private readonly bandwidth = new Map<string, ByteRateLimiter>();
   private readonly clients = new Map<string, UpstreamClient>();
@@ -160,6 +165,10 @@ export class Mirror {
       (this.serving.get(digest) ?? 0) > 0 || this.downloads.get(parseDigest(digest)) !== undefined,
       (digest) => this.forgetInMemory(digest),
     );
+    if (this.config.cluster) {
+      this.ring = new HashRing(this.config.cluster.peers);
+      this.peerAgent = new Agent({ connect: { timeout: 2000 }, headersTimeout: this.config.timeouts.headersMs, bodyTimeout: this.config.timeouts.bodyIdleMs });
+    }
     this.flushTimer = setInterval(() => this.index.flushAccessTimes(), 5 * SECOND);
     this.flushTimer.unref();
   }
@@ -433,7 +442,14 @@ export class Mirror {
 
   // ---------------------------------------------------------------- blobs
 
-  async getBlob(route: Route, digest: Digest): Promise<BlobResult> {
+  /** The replica that should download `digest` from the upstream, when it is another one. */
+  private peerOwner(digest: Digest, fromPeer: boolean): string | undefined {
+    if (!this.ring || fromPeer) return undefined;
+    const owner = this.ring.owner(digest.value);
+    return owner && owner !== this.config.cluster!.self ? owner : undefined;
+  }
+
+  async getBlob(route: Route, digest: Digest, options: { fromPeer?: boolean } = {}): Promise<BlobResult> {
     const stat = await this.store.stat(digest);
     if (stat) {
       await this.ensureLinked(route, digest, 'blob');
@@ -453,7 +469,9 @@ export class Mirror {
       // Joining another repository's download: this repository must contain the blob too.
       if (!(await this.isLinked(route, digest.value))) await this.checkUpstreamHas(route, digest, 'blob');
     } else {
-      download = this.downloads.start(digest, this.blobSource(route, digest));
+      const owner = this.peerOwner(digest, options.fromPeer === true);
+      const upstreamSource = this.blobSource(route, digest);
+      download = this.downloads.start(digest, owner ? this.peerSource(owner, route, digest, upstreamSource) : upstreamSource);
       outcome = 'miss';
       this.metrics.downloadsInFlight.inc();
       void download.finished
@@ -568,6 +586,40 @@ export class Mirror {
       (err: unknown) => out.destroy(err instanceof Error ? err : new Error(String(err))),
     );
     return out;
+  }
+
+  /**
+   * Read a blob from the replica that owns it (which downloads it from the upstream once
+   * for the whole cluster). Verified here as any download; if the owner cannot be reached
+   * or fails, this replica asks the upstream itself rather than fail the client.
+   */
+  private peerSource(owner: string, route: Route, digest: Digest, fallback: DownloadSource): DownloadSource {
+    let useUpstream = false;
+    const headers: Record<string, string> = { 'x-registry-mirror-peer': this.config.cluster?.secret ?? '1' };
+    return {
+      segments: 1,
+      open: async (offset) => {
+        if (!useUpstream) {
+          try {
+            const url = `${owner}/v2/${route.repository}/blobs/${digest.value}?ns=${encodeURIComponent(route.upstream.name)}`;
+            const res = await undiciRequest(url, { method: 'GET', dispatcher: this.peerAgent, headers: offset > 0 ? { ...headers, range: `bytes=${offset}-` } : headers });
+            const length = headerValue(res.headers, 'content-length');
+            if (res.statusCode === 200 && offset === 0) return { body: res.body, totalSize: length ? Number(length) : undefined };
+            const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(headerValue(res.headers, 'content-range') ?? '');
+            if (res.statusCode === 206 && m && Number(m[1]) === offset) return { body: res.body, totalSize: Number(m[3]) };
+            const text = await res.body.text().catch(() => '');
+            // The owner's 404 is the upstream's: say so rather than ask again.
+            if (res.statusCode === 404) throw new RegistryError('BLOB_UNKNOWN', `blob unknown to upstream ${route.upstream.name}`, { detail: { via: owner, upstreamError: parseErrorBody(text)[0] } });
+            throw new Error(`peer ${owner} answered ${res.statusCode}`);
+          } catch (err) {
+            if (err instanceof RegistryError) throw err;
+            this.logger.warn({ digest: digest.value, peer: owner, err: (err as Error).message }, 'peer unavailable; fetching from the upstream instead');
+            useUpstream = true;
+          }
+        }
+        return fallback.open(offset);
+      },
+    };
   }
 
   private blobSource(route: Route, digest: Digest): DownloadSource {
@@ -771,7 +823,7 @@ export class Mirror {
     clearInterval(this.flushTimer);
     this.downloads.abortAll('mirror shutting down');
     await this.downloads.settled();
-    await Promise.all(this.agents.map((a) => a.close().catch(() => undefined)));
+    await Promise.all([...this.agents, ...(this.peerAgent ? [this.peerAgent] : [])].map((a) => a.close().catch(() => undefined)));
     this.index.close();
   }
 }

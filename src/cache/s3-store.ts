@@ -113,6 +113,8 @@ export class S3BlobStore implements BlobStore {
 
   async commit(tempPath: string, digest: Digest): Promise<void> {
     try {
+      // Another replica (the digest's owner) may have stored it already: content-addressed, so done.
+      if (await this.stat(digest)) return;
       // Multipart for big blobs; CompleteMultipartUpload's ETag is not relied upon (Ceph leaves it empty).
       await new Upload({
         client: this.client,

@@ -29,6 +29,8 @@ export interface RequestContext {
   upstream?: string;
   repository?: string;
   bytes: number;
+  /** A request from another replica of this cluster (it must not be forwarded again). */
+  fromPeer: boolean;
 }
 
 const API_VERSION_HEADER = 'Docker-Distribution-API-Version';
@@ -94,6 +96,14 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
   };
 }
 
+function isPeerRequest(mirror: Mirror, req: IncomingMessage): boolean {
+  const cluster = mirror.config.cluster;
+  const mark = req.headers['x-registry-mirror-peer'];
+  if (!cluster || typeof mark !== 'string') return false;
+  // With a secret configured, only a request that carries it is a peer's.
+  return cluster.secret === undefined || mark === cluster.secret;
+}
+
 let requestCounter = 0;
 const requestPrefix = process.pid.toString(36);
 
@@ -114,6 +124,7 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
       return parsedQuery;
     },
     bytes: 0,
+    fromPeer: isPeerRequest(mirror, req),
   };
   res.setHeader('X-Request-Id', ctx.id);
   if (state.shuttingDown) res.setHeader('Connection', 'close');
@@ -137,7 +148,7 @@ async function route(mirror: Mirror, ctx: RequestContext, state: ServerState): P
     res.end(await mirror.metrics.registry.metrics());
     return;
   }
-  if (state.auth && (ctx.path.startsWith('/v2') || ctx.path === '/' || ctx.path === '/status.json')) {
+  if (state.auth && !ctx.fromPeer && (ctx.path.startsWith('/v2') || ctx.path === '/' || ctx.path === '/status.json')) {
     const result = await state.auth.check(req.headers.authorization);
     if (!result.ok) {
       // Never the password: the user name and why.

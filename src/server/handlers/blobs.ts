@@ -15,7 +15,7 @@ export async function handleBlob(mirror: Mirror, ctx: RequestContext, name: stri
   const route = routeRequest(mirror, ctx, name);
   const digest = parseDigest(digestText);
   const { req, res } = ctx;
-  const blob = req.method === 'HEAD' ? await mirror.statBlob(route, digest) : await mirror.getBlob(route, digest);
+  const blob = req.method === 'HEAD' ? await mirror.statBlob(route, digest) : await mirror.getBlob(route, digest, { fromPeer: ctx.fromPeer });
   ctx.outcome = blob.outcome;
   res.setHeader('Docker-Content-Digest', blob.digest);
   res.setHeader('ETag', `"${blob.digest}"`);
