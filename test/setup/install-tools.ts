@@ -9,6 +9,7 @@ const TOOLS: { binary: string; pkg: string }[] = [
   { binary: '/usr/bin/skopeo', pkg: 'skopeo' },
   { binary: '/usr/sbin/dockerd', pkg: 'docker.io' },
   { binary: '/usr/bin/containerd', pkg: 'containerd' },
+  { binary: '/usr/bin/podman', pkg: 'podman' },
   { binary: '/usr/bin/openssl', pkg: 'openssl' },
   // The status page is checked in a real headless browser (driven by playwright-core).
   { binary: '/usr/bin/chromium', pkg: 'chromium' },
