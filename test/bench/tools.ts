@@ -81,7 +81,8 @@ export function parseWrk(output: string): Omit<LoadResult, 'tool'> {
 
 /** 2 threads, 16 connections, `seconds` long, with latency percentiles. */
 export async function loadTest(url: string, headers: Record<string, string>, seconds = 5): Promise<LoadResult> {
-  if (hasCommand('wrk')) {
+  // BENCH_LOAD_TOOL=autocannon forces the fallback.
+  if (process.env.BENCH_LOAD_TOOL !== 'autocannon' && hasCommand('wrk')) {
     const args = ['-t2', '-c16', `-d${seconds}s`, '--latency', '--timeout', '5s'];
     for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`);
     args.push(url);
