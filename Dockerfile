@@ -34,5 +34,6 @@ EXPOSE 5000
 # Asks the port the mirror listens on (MIRROR_LISTEN), not a fixed one.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
   CMD ["node", "-e", "const l=process.env.MIRROR_LISTEN||':5000';fetch('http://127.0.0.1:'+l.slice(l.lastIndexOf(':')+1)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
-ENTRYPOINT ["node", "/app/dist/cli.js"]
+# A small young generation keeps the resident set low under load at no cost in throughput (npm run bench).
+ENTRYPOINT ["node", "--max-semi-space-size=2", "/app/dist/cli.js"]
 CMD ["serve", "--config", "/app/mirror.config.yaml"]

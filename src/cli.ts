@@ -1,20 +1,17 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=2
 // The `mirror` command. `serve` runs the mirror; later commands (prewarm, export, import,
 // gc, verify, ls, stats, client-config) share the same configuration options.
 
 import { Argument, Command, Option } from 'commander';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import cliProgress from 'cli-progress';
 import pino from 'pino';
-import { exportBundle, importBundle } from './airgap/bundle.js';
-import { prewarm, type PrewarmProgress } from './airgap/prewarm.js';
+import type { PrewarmProgress } from './airgap/prewarm.js';
 import { parsePlatform, type Platform } from './oci/manifest.js';
 import { dirname, join } from 'node:path';
 import { clientConfig, type ClientKind } from './client-config.js';
 import { ConfigError, loadConfig, type Config, type ConfigOverrides } from './config.js';
 import { createLogger } from './log.js';
 import { createMirror } from './mirror.js';
-import { gcCache, openCache, statsOf, verifyCache } from './maintenance.js';
 import { formatBytes, parseSize } from './units.js';
 import { UpstreamRegistry } from './upstream/registry.js';
 import { startServer } from './server/app.js';
@@ -181,6 +178,7 @@ withConfigOptions(program.command('prewarm').description('fill the cache with im
   .action(async (refs: string[], options: CommonOptions & ConfigOverrides & { file?: string; platform?: string; allPlatforms?: boolean; concurrency: string; pin?: boolean }) => {
     const images = imagesFrom(refs, options.file);
     const platforms = platformsFrom(options);
+    const [{ default: cliProgress }, { prewarm }] = await Promise.all([import('cli-progress'), import('./airgap/prewarm.js')]);
     const mirror = await coreFor(options);
     const tty = process.stderr.isTTY === true;
     const multibar = tty
@@ -189,7 +187,7 @@ withConfigOptions(program.command('prewarm').description('fill the cache with im
           cliProgress.Presets.shades_classic,
         )
       : undefined;
-    const bars = new Map<string, cliProgress.SingleBar>();
+    const bars = new Map<string, InstanceType<typeof cliProgress.SingleBar>>();
     const started = new Map<string, number>();
     const done = new Map<string, number>();
     const overall = multibar?.create(1, 0, { image: 'all images', speed: '' });
@@ -242,6 +240,7 @@ withConfigOptions(program.command('export').description('write images (the chose
   .action(async (refs: string[], options: CommonOptions & ConfigOverrides & { output: string; file?: string; platform?: string; allPlatforms?: boolean }) => {
     const images = imagesFrom(refs, options.file);
     const platforms = platformsFrom(options);
+    const { exportBundle } = await import('./airgap/bundle.js');
     const mirror = await coreFor(options);
     try {
       const r = await exportBundle(mirror, images, { platforms, output: options.output });
@@ -258,6 +257,7 @@ withConfigOptions(program.command('export').description('write images (the chose
 withConfigOptions(program.command('import').description('verify an OCI image layout archive and add its content and tags (pinned) to the cache'))
   .argument('<bundle>', 'the archive written by mirror export (or any OCI layout tar with full reference names)')
   .action(async (bundle: string, options: CommonOptions & ConfigOverrides) => {
+    const { importBundle } = await import('./airgap/bundle.js');
     const mirror = await coreFor(options);
     try {
       const r = await importBundle(mirror, bundle);
@@ -284,6 +284,7 @@ withConfigOptions(program.command('gc').description('evict least recently used c
         process.exit(2);
       }
     }
+    const { openCache, gcCache } = await import('./maintenance.js');
     const cache = await openCache(config);
     try {
       const r = await gcCache(cache, config, target);
@@ -303,6 +304,7 @@ withConfigOptions(program.command('verify').description('re-hash every stored ob
   .option('--json', 'print the report as JSON')
   .action(async (options: CommonOptions & { json?: boolean }) => {
     const config = configFrom(options);
+    const { openCache, verifyCache } = await import('./maintenance.js');
     const cache = await openCache(config);
     try {
       const r = await verifyCache(cache);
@@ -340,6 +342,7 @@ withConfigOptions(program.command('ls').description('list cached repositories an
       upstream = u.name;
       repo = new UpstreamRegistry(u).canonicalRepository(named ? repository.slice(slash + 1) : repository);
     }
+    const { openCache } = await import('./maintenance.js');
     const cache = await openCache(config);
     try {
       const rows = cache.index.listTagsDetailed(upstream, repo);
@@ -371,6 +374,7 @@ withConfigOptions(program.command('stats').description('cache objects, bytes, hi
   .option('--json', 'print JSON')
   .action(async (options: CommonOptions & { json?: boolean }) => {
     const config = configFrom(options);
+    const { openCache, statsOf } = await import('./maintenance.js');
     const cache = await openCache(config);
     try {
       const s = statsOf(cache);

@@ -197,7 +197,8 @@ export async function startMirror(options: { upstreamUrl: string; workDir: strin
   const port = await freePort();
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MIRROR_') && !k.startsWith('npm_')) env[k] = v;
-  const nodeArgs = [...(options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : []), ...(options.inspect ? ['--inspect=127.0.0.1:0'] : [])];
+  // As `npm start`, the image and the `mirror` command run it.
+  const nodeArgs = ['--max-semi-space-size=2', ...(options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : []), ...(options.inspect ? ['--inspect=127.0.0.1:0'] : [])];
   // cwd = its own directory: the repository's mirror.config.yaml must not apply.
   const child = spawnLogged(
     process.execPath,
