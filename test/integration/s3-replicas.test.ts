@@ -15,6 +15,7 @@ import { startDockerd, type Dockerd } from '../fixtures/dockerd-client.js';
 import { get } from '../fixtures/http-client.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
 import { startMirrorProcess } from '../fixtures/mirror-process.js';
+import { startNginxLb } from '../fixtures/nginx-lb.js';
 import { bigLayer, buildImage, smallLayer, type Image } from '../fixtures/oci-images.js';
 import { startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
 import { seedStandardContent, type SeededContent } from '../fixtures/seed.js';
@@ -59,6 +60,21 @@ describe('replicas sharing a bucket', () => {
     await skopeoCopy(`docker://${two!.host}/library/busybox:1.36`, `dir:${join(work, 'two')}`);
     expect(upstream.count({ kind: 'blob', method: 'GET' })).toBe(0);
     expect(sha(readFileSync(join(work, 'two', 'manifest.json')))).toBe(content.busybox.digest);
+    // Behind nginx (round robin over both replicas), a third image: fetched once, then served by either.
+    const lb = await startNginxLb([one!.url, two!.url]);
+    try {
+      upstream.resetCounts();
+      await skopeoCopy(`docker://${lb.host}/library/debian:bookworm`, `dir:${join(work, 'lb1')}`, ['--override-arch', 'amd64', '--override-os', 'linux']);
+      const fetched = upstream.count({ kind: 'blob', method: 'GET', status: 200 });
+      expect(fetched).toBe(content.debian.content.images[0]!.layers.length + 1);
+      upstream.resetCounts();
+      for (const i of [2, 3]) await skopeoCopy(`docker://${lb.host}/library/debian:bookworm`, `dir:${join(work, `lb${i}`)}`, ['--override-arch', 'amd64', '--override-os', 'linux']);
+      expect(upstream.count({ kind: 'blob', method: 'GET' })).toBe(0);
+      expect(one!.accessLog().some((l) => String(l.path).startsWith('/v2/library/debian/'))).toBe(true);
+      expect(two!.accessLog().some((l) => String(l.path).startsWith('/v2/library/debian/'))).toBe(true);
+    } finally {
+      await lb.stop();
+    }
     // The bytes are in the bucket, under content-addressed keys.
     const store = new S3BlobStore(join(work, 'probe'), { ...s3Settings('shared'), prefix: '', forcePathStyle: true, redirectTtlMs: 0 });
     for (const layer of content.busybox.content.layers) expect(await store.stat(parseDigest(layer.digest))).toMatchObject({ size: layer.size });

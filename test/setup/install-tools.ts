@@ -10,6 +10,12 @@ const TOOLS: { binary: string; pkg: string }[] = [
   { binary: '/usr/sbin/dockerd', pkg: 'docker.io' },
   { binary: '/usr/bin/containerd', pkg: 'containerd' },
   { binary: '/usr/bin/podman', pkg: 'podman' },
+  // The load balancer of the replica tests, and a real S3 server (Ceph RADOS Gateway).
+  { binary: '/usr/sbin/nginx', pkg: 'nginx-light' },
+  { binary: '/usr/bin/ceph-mon', pkg: 'ceph-mon' },
+  { binary: '/usr/bin/ceph-osd', pkg: 'ceph-osd' },
+  { binary: '/usr/bin/radosgw', pkg: 'radosgw' },
+  { binary: '/usr/bin/ceph', pkg: 'ceph-common' },
   { binary: '/usr/bin/openssl', pkg: 'openssl' },
   // The status page is checked in a real headless browser (driven by playwright-core).
   { binary: '/usr/bin/chromium', pkg: 'chromium' },
