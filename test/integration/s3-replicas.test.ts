@@ -3,6 +3,8 @@
 // presigned redirects let skopeo and dockerd fetch blobs from the bucket itself; a replica
 // killed mid-download leaves nothing half-visible and another one takes over.
 import { createHash } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -78,6 +80,42 @@ describe('replicas sharing a bucket', () => {
     // The bytes are in the bucket, under content-addressed keys.
     const store = new S3BlobStore(join(work, 'probe'), { ...s3Settings('shared'), prefix: '', forcePathStyle: true, redirectTtlMs: 0 });
     for (const layer of content.busybox.content.layers) expect(await store.stat(parseDigest(layer.digest))).toMatchObject({ size: layer.size });
+  });
+
+  it('with peers, 20 concurrent cold pulls spread across three replicas on one bucket make one upstream GET per blob', async () => {
+    await createBucket(rgw, 'peers');
+    const image: Image = buildImage({
+      format: 'oci',
+      layers: [await bigLayer(24 * 1024 * 1024, 's3-peers-24'), ...[0, 1, 2, 3].map((i) => smallLayer([{ path: `p/${i}`, content: `peer layer ${i}\n` }]))],
+    });
+    await upstream.push('team/peers', '1', image);
+    const ports: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const srv = http.createServer();
+      await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+      ports.push((srv.address() as AddressInfo).port);
+      await new Promise<void>((r) => srv.close(() => r()));
+    }
+    const urls = ports.map((p) => `http://127.0.0.1:${p}`);
+    const set: TestMirror[] = [];
+    for (const [i, port] of ports.entries()) {
+      const m = await startMirror({
+        upstreamUrl: upstream.url,
+        document: { listen: `127.0.0.1:${port}`, storage: { driver: 's3', s3: s3Settings('peers') }, cluster: { self: urls[i], peers: urls } },
+      });
+      mirrors.push(m);
+      set.push(m);
+    }
+    upstream.resetCounts();
+    const blobs = [image.config, ...image.layers];
+    await Promise.all(
+      Array.from({ length: 20 }, async (_, i) => {
+        const m = set[i % set.length]!;
+        expect((await get(`${m.url}/v2/team/peers/manifests/1`)).status).toBe(200);
+        for (const b of blobs) expect(sha((await get(`${m.url}/v2/team/peers/blobs/${b.digest}`)).body)).toBe(b.digest);
+      }),
+    );
+    for (const b of blobs) expect([b.digest, upstream.count({ kind: 'blob', method: 'GET', status: 200, path: new RegExp(b.digest) })]).toEqual([b.digest, 1]);
   });
 
   it('presigned redirects: blob GETs answer 307 to the bucket, and skopeo and dockerd follow them', async () => {
