@@ -7,6 +7,42 @@ export class MirrorMetrics {
   readonly registry = new Registry();
   private readonly requestCounters = new Map<string, { inc(): void }>();
 
+  /**
+   * Gauges read at scrape time from the mirror's own state (cache size and objects, each
+   * upstream's breaker), so the hot path never updates them.
+   */
+  observe(source: {
+    cacheBytes(): number;
+    cacheObjects(): number;
+    breakers(): { upstream: string; state: 'closed' | 'open' | 'half-open' }[];
+  }): void {
+    new Gauge({
+      name: 'mirror_cache_bytes',
+      help: 'Bytes of verified content in the cache',
+      registers: [this.registry],
+      collect() {
+        this.set(source.cacheBytes());
+      },
+    });
+    new Gauge({
+      name: 'mirror_cache_objects',
+      help: 'Blobs and manifests in the cache',
+      registers: [this.registry],
+      collect() {
+        this.set(source.cacheObjects());
+      },
+    });
+    new Gauge({
+      name: 'mirror_upstream_up',
+      help: 'Circuit breaker per upstream: 1 closed (up), 0.5 probing, 0 open (marked down)',
+      labelNames: ['upstream'] as const,
+      registers: [this.registry],
+      collect() {
+        for (const b of source.breakers()) this.set({ upstream: b.upstream }, b.state === 'closed' ? 1 : b.state === 'half-open' ? 0.5 : 0);
+      },
+    });
+  }
+
   /** Per request: a cached labelled child, so the hot path does not hash labels. */
   countRequest(route: string, status: number, outcome: string): void {
     const key = `${route} ${status} ${outcome}`;
@@ -63,6 +99,16 @@ export class MirrorMetrics {
     name: 'mirror_digest_mismatches_total',
     help: 'Upstream content refused because it did not match its digest',
     labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  });
+  readonly evictions = new Counter({
+    name: 'mirror_evictions_total',
+    help: 'Objects evicted from the cache (least recently used first)',
+    registers: [this.registry],
+  });
+  readonly evictedBytes = new Counter({
+    name: 'mirror_evicted_bytes_total',
+    help: 'Bytes evicted from the cache',
     registers: [this.registry],
   });
   readonly rateLimitRemaining = new Gauge({

@@ -163,12 +163,24 @@ export class Mirror {
     });
     this.evictor = new Evictor(this.store, this.index, this.config.storage, this.logger, () => this.clock.now(), (digest) =>
       (this.serving.get(digest) ?? 0) > 0 || this.downloads.get(parseDigest(digest)) !== undefined,
-      (digest) => this.forgetInMemory(digest),
+      (digest, size) => {
+        this.forgetInMemory(digest);
+        this.metrics.evictions.inc();
+        this.metrics.evictedBytes.inc(size);
+      },
     );
     if (this.config.cluster) {
       this.ring = new HashRing(this.config.cluster.peers);
       this.peerAgent = new Agent({ connect: { timeout: 2000 }, headersTimeout: this.config.timeouts.headersMs, bodyTimeout: this.config.timeouts.bodyIdleMs });
     }
+    this.metrics.observe({
+      cacheBytes: () => this.evictor.usageBytes,
+      cacheObjects: () => {
+        const u = this.index.usage();
+        return u.blobs + u.manifests;
+      },
+      breakers: () => [...this.clients.values()].map((c) => ({ upstream: c.registry.name, state: c.breaker.state })),
+    });
     this.flushTimer = setInterval(() => this.index.flushAccessTimes(), 5 * SECOND);
     this.flushTimer.unref();
   }

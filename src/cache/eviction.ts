@@ -36,7 +36,7 @@ export class Evictor {
     /** Content being served or downloaded right now. */
     private readonly isBusy: (digest: string) => boolean = () => false,
     /** Told about each evicted digest (to drop in-memory copies). */
-    private readonly onEvicted: (digest: string) => void = () => undefined,
+    private readonly onEvicted: (digest: string, size: number) => void = () => undefined,
   ) {
     this.usage = index.usage().bytes;
   }
@@ -85,7 +85,7 @@ export class Evictor {
       // Index first: a crash in between leaves a file without a row, which verify/gc adopt again.
       this.index.forget(v.digest);
       await this.store.delete(parseDigest(v.digest)).catch(() => false);
-      this.onEvicted(v.digest);
+      this.onEvicted(v.digest, v.size);
       evicted++;
       freed += v.size;
       this.usage -= v.size;

@@ -72,6 +72,8 @@ describe('bounded cache', () => {
     expect((await get(`${mirror.url}/v2/team/app/blobs/${lastDigest}`)).status).toBe(200);
     await until(() => mirror.mirror.evictor.usageBytes <= 5 * MiB);
 
+    const evicted = (await mirror.mirror.metrics.evictions.get()).values[0]?.value ?? 0;
+    expect(evicted).toBeGreaterThanOrEqual(2);
     // LRU order: blobs 1 and 2 (least recently used) went; 0 (touched), 3 and the last stayed.
     expect(existsSync(blobFile(mirror.storage, blobs[1]!.digest))).toBe(false);
     expect(existsSync(blobFile(mirror.storage, blobs[2]!.digest))).toBe(false);

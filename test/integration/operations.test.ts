@@ -62,6 +62,9 @@ describe('metrics and health', () => {
     expect(metricValue(text, 'mirror_stale_served_total', { upstream: 'docker.io' })).toBe(1);
     expect(metricValue(text, 'mirror_upstream_requests_total', { upstream: 'docker.io', kind: 'manifest', status: '503' })).toBe(1);
     expect(text).toContain('mirror_downloads_in_flight 0');
+    expect(metricValue(text, 'mirror_cache_objects', {})).toBeGreaterThanOrEqual(1);
+    expect(metricValue(text, 'mirror_cache_bytes', {})).toBeGreaterThan(0);
+    expect(metricValue(text, 'mirror_upstream_up', { upstream: 'docker.io' })).toBe(1);
   });
 
   it('/healthz is alive, /readyz flips to 503 while shutting down and in-flight responses finish', async () => {

@@ -167,6 +167,8 @@ describe('circuit breaker', () => {
     expect(down.status).toBe(503);
     expect(errorOf(down.body).message).toMatch(/marked down/);
     expect(upstream.requests).toHaveLength(0);
+    const gauge = await mirror.mirror.metrics.registry.getSingleMetricAsString('mirror_upstream_up');
+    expect(gauge).toContain('mirror_upstream_up{upstream="docker.io"} 0');
     // After the cooldown one probe goes; it succeeds and the breaker closes.
     upstream.fault = undefined;
     clock.advance(31_000);
