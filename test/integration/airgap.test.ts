@@ -89,12 +89,12 @@ describe('prewarm, export, import, pull offline', () => {
 
     // Tampered: same archive, one byte of one layer changed.
     const layer = content.alpine.content.images[0]!.layers[0]!.digest.slice(7);
-    const entries: { header: tar.Headers; body: Buffer }[] = [];
+    const entries: { header: tar.Header; body: Buffer }[] = [];
     const extract = tar.extract();
     const done = new Promise<void>((resolve, reject) => {
       extract.on('entry', (header, stream, next) => {
         const chunks: Buffer[] = [];
-        stream.on('data', (c: Buffer) => chunks.push(c));
+        stream.on('data', (c: unknown) => chunks.push(c as Buffer));
         stream.on('end', () => {
           const body = Buffer.concat(chunks);
           if (header.name.endsWith(layer)) body[body.length - 1] = body[body.length - 1]! ^ 0xff;

@@ -1,15 +1,13 @@
 // Replicas with peers (issue 9): three mirrors on a consistent-hash ring in front of one real
 // upstream. Cold pulls spread across the replicas fetch each blob from the upstream once per
 // cluster, not once per replica; a replica that is down is routed around.
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HashRing } from '../../src/cluster/ring.js';
 import { get } from '../fixtures/http-client.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
 import { bigLayer, buildImage, smallLayer, type Image } from '../fixtures/oci-images.js';
-import { startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
+import { freePort, startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
 
 let upstream: RealUpstream;
 let image: Image;
@@ -17,13 +15,6 @@ const replicas: TestMirror[] = [];
 let urls: string[] = [];
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-async function freePort(): Promise<number> {
-  const s = http.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 beforeAll(async () => {
   upstream = await startRealUpstream();

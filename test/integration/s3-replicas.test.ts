@@ -3,8 +3,6 @@
 // presigned redirects let skopeo and dockerd fetch blobs from the bucket itself; a replica
 // killed mid-download leaves nothing half-visible and another one takes over.
 import { createHash } from 'node:crypto';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,7 +17,7 @@ import { startMirror, type TestMirror } from '../fixtures/mirror.js';
 import { startMirrorProcess } from '../fixtures/mirror-process.js';
 import { startNginxLb } from '../fixtures/nginx-lb.js';
 import { bigLayer, buildImage, smallLayer, type Image } from '../fixtures/oci-images.js';
-import { startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
+import { freePort, startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
 import { seedStandardContent, type SeededContent } from '../fixtures/seed.js';
 import { skopeoCopy } from '../fixtures/skopeo-client.js';
 
@@ -89,13 +87,7 @@ describe('replicas sharing a bucket', () => {
       layers: [await bigLayer(24 * 1024 * 1024, 's3-peers-24'), ...[0, 1, 2, 3].map((i) => smallLayer([{ path: `p/${i}`, content: `peer layer ${i}\n` }]))],
     });
     await upstream.push('team/peers', '1', image);
-    const ports: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      const srv = http.createServer();
-      await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-      ports.push((srv.address() as AddressInfo).port);
-      await new Promise<void>((r) => srv.close(() => r()));
-    }
+    const ports = [await freePort(), await freePort(), await freePort()];
     const urls = ports.map((p) => `http://127.0.0.1:${p}`);
     const set: TestMirror[] = [];
     for (const [i, port] of ports.entries()) {

@@ -78,7 +78,8 @@ describe('segmented upstream downloads', () => {
   });
 
   it('falls back when the content changes between segments (another ETag / length)', async () => {
-    for (const headers of [{ etag: '"something-else"' }, { 'content-range': `bytes 0-1/99` }]) {
+    const lies: Record<string, string>[] = [{ etag: '"something-else"' }, { 'content-range': `bytes 0-1/99` }];
+    for (const headers of lies) {
       const blob = cold(16 * MiB);
       upstream.fault = (r) => (r.kind === 'blob' && r.range ? { headers } : undefined);
       const r = await get(`${segmented.url}/v2/team/app/blobs/${blob.digest}`);
