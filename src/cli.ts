@@ -183,7 +183,7 @@ withConfigOptions(program.command('prewarm').description('fill the cache with im
     const tty = process.stderr.isTTY === true;
     const multibar = tty
       ? new cliProgress.MultiBar(
-          { format: ' {bar} {percentage}% | {value_fmt}/{total_fmt} | {speed} | ETA {eta_formatted} | {image}', formatValue: (v, _o, type) => (type === 'value' || type === 'total' ? formatBytes(v) : String(v)), hideCursor: true, clearOnComplete: false, stopOnComplete: false },
+          { format: ' {bar} {percentage}% | {value}/{total} | {speed} | ETA {eta_formatted} | {image}', formatValue: (v, _o, type) => (type === 'value' || type === 'total' ? formatBytes(v) : String(v)), hideCursor: true, clearOnComplete: false, stopOnComplete: false },
           cliProgress.Presets.shades_classic,
         )
       : undefined;

@@ -384,8 +384,13 @@ export class BlobDownload extends EventEmitter {
     this.idleTimer = undefined;
   }
 
-  /** Stop the download (shutdown): readers are cut, nothing is committed. */
+  /**
+   * Stop the download (shutdown): readers are cut, nothing is committed. A download whose
+   * bytes are already verified is let finish its commit (moments away): its readers may have
+   * had every byte, and the cache should keep what they got.
+   */
   abort(reason: string): void {
+    if (this.verified) return;
     this.fail(new Error(reason));
   }
 }

@@ -47,6 +47,10 @@ describe('prewarm, export, import, pull offline', () => {
       for (const b of [amd64!.config, ...amd64!.layers]) expect(stored(storageA, b.digest)).toBe(true);
       for (const b of arm64!.layers) expect(stored(storageA, b.digest)).toBe(false);
     }
+    // Everything prewarm fetched is committed and indexed before it exits: verify finds nothing to adopt.
+    const verify = await runCli(['verify', '--storage', storageA, '--json']);
+    expect(verify.code, verify.stdout).toBe(0);
+    expect(JSON.parse(verify.stdout)).toMatchObject({ corrupt: [], missing: [], adopted: [] });
     const again = await runCli(['prewarm', 'alpine:3.19', 'nosuch/image:1', '--platform', 'linux/amd64', '--storage', storageA, '--upstream', upstream.url]);
     expect(again.code).toBe(1);
     expect(again.stderr).toMatch(/nosuch\/image:1: /);
