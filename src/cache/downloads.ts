@@ -186,6 +186,7 @@ export class BlobDownload extends EventEmitter {
       await handle.close().catch(() => undefined);
     }
     if (failure) {
+      this.options.logger.warn({ digest: this.digest.value, bytes: this.written, err: failure.message }, 'blob download failed; nothing was cached');
       this.fail(failure);
       await unlink(temp.path).catch(() => undefined);
       return;

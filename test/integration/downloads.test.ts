@@ -1,6 +1,6 @@
 // Single-flight downloads with progressive fan-out (issue 3), against a counting,
 // fault-injecting upstream on loopback.
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { pseudoRandomBytes, sha256, startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
@@ -174,6 +174,28 @@ describe('one upstream download for any number of clients', () => {
     expect(head.headers['content-length']).toBe(String(blob.bytes.length));
     expect(head.headers['docker-content-digest']).toBe(blob.digest);
     expect(upstream.count({ method: 'GET', kind: 'blob', authorized: true })).toBe(0);
+  });
+});
+
+describe('an abandoned download', () => {
+  it('goes on after its last client leaves, but only for downloads.writeTimeout', async () => {
+    const impatient = await startMirror({ upstreamUrl: upstream.url, document: { downloads: { writeTimeout: '1s' } } });
+    try {
+      const bytes = pseudoRandomBytes(16 * MiB, `abandoned-${Date.now()}`);
+      const digest = upstream.addBlob(bytes);
+      upstream.fault = (r) => (r.kind === 'blob' ? { bytesPerSecond: 2 * MiB } : undefined);
+      const left = await get(`${impatient.url}/v2/team/app/blobs/${digest}`, { abortAfter: 256 * 1024 });
+      expect(left.truncated).toBe(true);
+      await waitFor(() => impatient.logs.some((l) => l.msg === 'blob download failed; nothing was cached' && /abandoned/.test(String(l.err))), 10_000);
+      await waitFor(() => readdirSync(join(impatient.storage, 'tmp')).length === 0, 10_000);
+      const hex = digest.slice(7);
+      expect(existsSync(join(impatient.storage, 'blobs', 'sha256', hex.slice(0, 2), hex))).toBe(false);
+      // 16 MiB at 2 MiB/s needs 8 s: it was stopped after about a second without a client.
+      expect(upstream.count({ kind: 'blob', method: 'GET', authorized: true })).toBe(1);
+    } finally {
+      upstream.fault = undefined;
+      await impatient.stop();
+    }
   });
 });
 
