@@ -214,6 +214,18 @@ export interface UpstreamConfig {
   maxBytesPerSecond: number;
 }
 
+export interface S3StoreOptions {
+  bucket: string;
+  prefix: string;
+  endpoint: string | undefined;
+  region: string;
+  accessKeyId: string | undefined;
+  secretAccessKey: string | undefined;
+  forcePathStyle: boolean;
+  /** Presigned URL lifetime for blob redirects, ms; 0 = stream through the replica. */
+  redirectTtlMs: number;
+}
+
 export interface Config {
   listen: { host: string; port: number };
   tls: { cert: string; key: string } | undefined;
@@ -222,7 +234,7 @@ export interface Config {
   storage: {
     path: string;
     driver: 'filesystem' | 's3';
-    s3: import('./cache/s3-store.js').S3StoreOptions | undefined;
+    s3: S3StoreOptions | undefined;
     maxSize: number;
     highWatermark: number;
     lowWatermark: number;

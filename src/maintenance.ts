@@ -3,7 +3,8 @@
 
 import { join } from 'node:path';
 import pino from 'pino';
-import { createBlobStore, type BlobStore } from './cache/blob-store.js';
+import type { BlobStore } from './cache/blob-store.js';
+import { openStorage } from './cache/open-store.js';
 import { Evictor } from './cache/eviction.js';
 import { CacheIndex } from './cache/index.js';
 import type { Config } from './config.js';
@@ -17,8 +18,8 @@ export interface Cache {
 }
 
 export async function openCache(config: Config): Promise<Cache> {
-  const store = await createBlobStore(config);
-  await store.init({ sweep: false });
+  // Maintenance commands run beside a live server: they never sweep its downloads.
+  const { store } = await openStorage(config, { sweep: false });
   const index = new CacheIndex(join(config.storage.path, 'index.db'));
   return { store, index, close: () => index.close() };
 }

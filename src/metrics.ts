@@ -90,11 +90,6 @@ export class MirrorMetrics {
     help: 'Blob downloads from upstreams in progress',
     registers: [this.registry],
   });
-  readonly downloadResumes = new Counter({
-    name: 'mirror_download_resumes_total',
-    help: 'Blob downloads resumed with a Range request after the upstream connection dropped',
-    registers: [this.registry],
-  });
   readonly digestMismatches = new Counter({
     name: 'mirror_digest_mismatches_total',
     help: 'Upstream content refused because it did not match its digest',

@@ -136,7 +136,7 @@ export async function importBundle(mirror: Mirror, path: string): Promise<Import
         continue;
       }
       const digest = parseDigest(`${blob[1]}:${blob[2]}`);
-      const temp = await mirror.store.createTemp();
+      const temp = await mirror.scratch.createTemp();
       staged.set(digest.value, { digest: digest.value, size: 0, path: temp.path });
       const verifier = new DigestVerifier(digest);
       let offset = 0;

@@ -5,7 +5,7 @@ import type { Mirror } from '../mirror.js';
 import { RegistryError } from '../oci/errors.js';
 import { formatPlatform, parseManifest, platformMatches, type Descriptor, type Platform } from '../oci/manifest.js';
 import { parseDigest, parseImageReference, type ManifestReference } from '../oci/reference.js';
-import type { Route } from '../upstream/router.js';
+import type { Route } from '../upstream/selector.js';
 
 export interface ResolvedImage {
   /** As the user wrote it. */
@@ -23,7 +23,7 @@ export interface ResolvedImage {
 export function routeReference(mirror: Mirror, input: string): { route: Route; reference: ManifestReference; tag: string | undefined; canonical: string } {
   const ref = parseImageReference(input);
   const name = ref.registry ? `${ref.registry}/${ref.repository}` : ref.repository;
-  const route = mirror.router.route(name, null);
+  const route = mirror.selector.select(name, null);
   const reference: ManifestReference = ref.digest ? { kind: 'digest', digest: parseDigest(ref.digest) } : { kind: 'tag', tag: ref.tag ?? 'latest' };
   const canonical = `${route.upstream.name}/${route.repository}${ref.digest ? `@${ref.digest}` : `:${ref.tag ?? 'latest'}`}`;
   return { route, reference, tag: ref.digest ? undefined : ref.tag ?? 'latest', canonical };

@@ -20,30 +20,8 @@ import { DigestVerifier } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { Digest } from '../oci/reference.js';
 import { READ_CHUNK_BYTES, type BlobStore } from './blob-store.js';
-
-/** An upstream's answer to a ranged GET, unjudged: the download decides whether to trust it. */
-export interface RangeAnswer {
-  status: number;
-  body: Readable;
-  range: { start: number; end: number; total: number } | undefined;
-  etag: string | undefined;
-}
-
-/** Where the bytes come from: the upstream body from `offset` on. */
-export interface DownloadSource {
-  /**
-   * Open the body at `offset` (0 = the whole blob). Resolves with the stream and the
-   * blob's total size when the upstream said it; rejects with a RegistryError when the
-   * upstream refuses (404, 429, …) or another error when it cannot be reached.
-   */
-  open(offset: number): Promise<{ body: Readable; totalSize: number | undefined; etag?: string | undefined; acceptsRanges?: boolean }>;
-  /** GET bytes [start, end] (inclusive), for segmented downloads. */
-  openRange?(start: number, end: number): Promise<RangeAnswer>;
-  /** Segments to use for a big blob from this source (1 = one stream). */
-  segments?: number;
-  /** Paces consumption when the upstream has a bandwidth cap. */
-  throttle?(bytes: number): Promise<void>;
-}
+import type { DownloadSource } from './download-source.js';
+import type { ScratchSpace } from './scratch.js';
 
 /** The upstream cannot be trusted with segments (ignored Range, content changed): use one stream. */
 class SegmentFallback extends Error {}
@@ -87,7 +65,7 @@ export class BlobDownload extends EventEmitter {
 
   constructor(
     readonly digest: Digest,
-    private readonly store: BlobStore,
+    private readonly storage: { store: BlobStore; scratch: ScratchSpace },
     private readonly source: DownloadSource,
     private readonly options: DownloadOptions,
   ) {
@@ -109,7 +87,7 @@ export class BlobDownload extends EventEmitter {
   /** Runs the download to its end; never rejects (the outcome is in state/error). */
   async run(): Promise<void> {
     const verifier = new DigestVerifier(this.digest);
-    const temp = await this.store.createTemp().catch((err: unknown) => {
+    const temp = await this.storage.scratch.createTemp().catch((err: unknown) => {
       this.fail(err instanceof Error ? err : new Error(String(err)));
       return undefined;
     });
@@ -193,7 +171,7 @@ export class BlobDownload extends EventEmitter {
     }
     this.state = 'committing';
     try {
-      await this.store.commit(temp.path, this.digest);
+      await this.storage.store.commit(temp.path, this.digest);
     } catch (err) {
       this.fail(err instanceof Error ? err : new Error(String(err)));
       await unlink(temp.path).catch(() => undefined);
@@ -510,7 +488,7 @@ export class Downloads {
   private readonly inFlight = new Map<string, BlobDownload>();
 
   constructor(
-    private readonly store: BlobStore,
+    private readonly storage: { store: BlobStore; scratch: ScratchSpace },
     private readonly options: DownloadOptions,
   ) {}
 
@@ -524,7 +502,7 @@ export class Downloads {
 
   /** Start a download for `digest`; the caller has checked there is none. */
   start(digest: Digest, source: DownloadSource): BlobDownload {
-    const download = new BlobDownload(digest, this.store, source, this.options);
+    const download = new BlobDownload(digest, this.storage, source, this.options);
     this.inFlight.set(digest.value, download);
     void download.run().finally(() => {
       if (this.inFlight.get(digest.value) === download) this.inFlight.delete(digest.value);

@@ -69,8 +69,6 @@ const MIGRATIONS: string[] = [
    CREATE INDEX manifests_by_access ON manifests (last_access);`,
 ];
 
-export const SCHEMA_VERSION = MIGRATIONS.length;
-
 interface TagDbRow {
   upstream: string;
   repo: string;

@@ -1,7 +1,7 @@
 // The BlobStore on S3-compatible object storage (AWS S3, Ceph RGW, MinIO), for replicas that
 // share a bucket. Keys are content-addressed: <prefix>blobs/sha256/ab/<hex>. Downloads are
-// verified in a local temp file (each replica's scratch disk, the FileBlobStore's tmp/) and
-// only verified content is uploaded.
+// verified in a local temp file (each replica's scratch disk, scratch.ts) and only verified
+// content is uploaded.
 
 import { createReadStream } from 'node:fs';
 import { unlink } from 'node:fs/promises';
@@ -17,20 +17,9 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import type { S3StoreOptions } from '../config.js';
 import type { Digest } from '../oci/reference.js';
-import { FileBlobStore, type BlobStore, type StoredObject, type TempFile } from './blob-store.js';
-
-export interface S3StoreOptions {
-  bucket: string;
-  prefix: string;
-  endpoint: string | undefined;
-  region: string;
-  accessKeyId: string | undefined;
-  secretAccessKey: string | undefined;
-  forcePathStyle: boolean;
-  /** Presigned URL lifetime for blob redirects, ms; 0 = stream through the replica. */
-  redirectTtlMs: number;
-}
+import type { BlobStore, StoredObject } from './blob-store.js';
 
 function notFound(err: unknown): boolean {
   if (err instanceof S3ServiceException) return err.$metadata.httpStatusCode === 404 || err.name === 'NotFound' || err.name === 'NoSuchKey';
@@ -40,14 +29,8 @@ function notFound(err: unknown): boolean {
 export class S3BlobStore implements BlobStore {
   readonly kind = 's3' as const;
   private readonly client: S3Client;
-  /** Local scratch: temp files for downloads in progress. */
-  private readonly scratch: FileBlobStore;
 
-  constructor(
-    localPath: string,
-    private readonly options: S3StoreOptions,
-  ) {
-    this.scratch = new FileBlobStore(localPath);
+  constructor(private readonly options: S3StoreOptions) {
     this.client = new S3Client({
       region: options.region,
       endpoint: options.endpoint,
@@ -63,8 +46,8 @@ export class S3BlobStore implements BlobStore {
     return `${this.options.prefix}blobs/${digest.algorithm}/${digest.hex.slice(0, 2)}/${digest.hex}`;
   }
 
-  init(options?: { sweep?: boolean }): Promise<{ sweptTempFiles: number }> {
-    return this.scratch.init(options);
+  async init(): Promise<void> {
+    // The bucket is the operator's: nothing to create.
   }
 
   async stat(digest: Digest): Promise<StoredObject | undefined> {
@@ -101,14 +84,6 @@ export class S3BlobStore implements BlobStore {
       if (notFound(err)) return undefined;
       throw err;
     }
-  }
-
-  hasSpaceFor(bytes: number): Promise<boolean> {
-    return this.scratch.hasSpaceFor(bytes);
-  }
-
-  createTemp(): Promise<TempFile> {
-    return this.scratch.createTemp();
   }
 
   async commit(tempPath: string, digest: Digest): Promise<void> {

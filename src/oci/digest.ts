@@ -4,7 +4,6 @@ import type { Digest, DigestAlgorithm } from './reference.js';
 /** A running digest over a byte stream, for verifying content as it streams. */
 export class DigestVerifier {
   private readonly hash: Hash;
-  private bytes = 0;
 
   constructor(readonly expected: Digest) {
     this.hash = createHash(expected.algorithm);
@@ -12,11 +11,6 @@ export class DigestVerifier {
 
   update(chunk: Uint8Array): void {
     this.hash.update(chunk);
-    this.bytes += chunk.length;
-  }
-
-  get size(): number {
-    return this.bytes;
   }
 
   /** Finishes the hash; returns the computed `algorithm:hex`. Call once. */

@@ -7,31 +7,15 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { RegistryError } from '../oci/errors.js';
-import type { CacheOutcome, Mirror } from '../mirror.js';
+import type { Mirror } from '../mirror.js';
+import { PEER_HEADER } from '../cluster/peer-source.js';
 import { handleBlob } from './handlers/blobs.js';
 import { handleManifest } from './handlers/manifests.js';
 import { handleTags } from './handlers/tags.js';
-import { matchApiRoute } from './routes.js';
+import { matchApiPath } from './api-paths.js';
+import type { RequestContext } from './request-context.js';
 import { HtpasswdAuth } from './client-auth.js';
 import { renderStatusPage, statusData, type RecentPull } from './status-page.js';
-
-export interface RequestContext {
-  req: IncomingMessage;
-  res: ServerResponse;
-  id: string;
-  started: number;
-  path: string;
-  /** The raw query string ('' when none); parsed on first use. */
-  rawQuery: string;
-  readonly query: URLSearchParams;
-  /** Set by handlers for the access log. */
-  outcome?: CacheOutcome;
-  upstream?: string;
-  repository?: string;
-  bytes: number;
-  /** A request from another replica of this cluster (it must not be forwarded again). */
-  fromPeer: boolean;
-}
 
 const API_VERSION_HEADER = 'Docker-Distribution-API-Version';
 const READ_METHODS = new Set(['GET', 'HEAD']);
@@ -98,7 +82,7 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
 
 function isPeerRequest(mirror: Mirror, req: IncomingMessage): boolean {
   const cluster = mirror.config.cluster;
-  const mark = req.headers['x-registry-mirror-peer'];
+  const mark = req.headers[PEER_HEADER];
   if (!cluster || typeof mark !== 'string') return false;
   // With a secret configured, only a request that carries it is a peer's.
   return cluster.secret === undefined || mark === cluster.secret;
@@ -130,13 +114,13 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
   if (state.shuttingDown) res.setHeader('Connection', 'close');
   res.once('close', () => accessLog(mirror, ctx, state));
   try {
-    await route(mirror, ctx, state);
+    await dispatch(mirror, ctx, state);
   } catch (err) {
     sendError(mirror, ctx, err);
   }
 }
 
-async function route(mirror: Mirror, ctx: RequestContext, state: ServerState): Promise<void> {
+async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState): Promise<void> {
   const { req, res } = ctx;
   if (ctx.path === '/healthz') return sendText(res, 200, 'ok\n');
   if (ctx.path === '/readyz') {
@@ -164,7 +148,7 @@ async function route(mirror: Mirror, ctx: RequestContext, state: ServerState): P
     res.end(req.method === 'HEAD' ? undefined : body);
     return;
   }
-  const api = matchApiRoute(ctx.path);
+  const api = matchApiPath(ctx.path);
   if (api.kind === 'unknown') throw new RegistryError('NAME_UNKNOWN', 'no such API endpoint', { status: 404, detail: { path: ctx.path } });
   res.setHeader(API_VERSION_HEADER, 'registry/2.0');
   if (!READ_METHODS.has(req.method ?? '') || api.kind === 'upload') {
@@ -197,7 +181,7 @@ function sendText(res: ServerResponse, status: number, text: string): void {
   res.end(text);
 }
 
-export function sendError(mirror: Mirror, ctx: RequestContext, err: unknown): void {
+function sendError(mirror: Mirror, ctx: RequestContext, err: unknown): void {
   const { res } = ctx;
   let error: RegistryError;
   if (err instanceof RegistryError) error = err;

@@ -33,8 +33,8 @@ export function statusData(mirror: Mirror, recent: RecentPull[]): StatusData {
   const total = hits + (counters['requests.miss'] ?? 0) + (counters['requests.coalesced'] ?? 0);
   return {
     generatedAt: new Date(mirror.clock.now()).toISOString(),
-    upstreams: mirror.router.upstreams.map((u) => {
-      const client = mirror.clientFor(u.name);
+    upstreams: mirror.selector.upstreams.map((u) => {
+      const client = mirror.upstreams.clientFor(u.name);
       return {
         name: u.name,
         url: u.url,

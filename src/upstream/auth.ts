@@ -82,6 +82,11 @@ export function parseWwwAuthenticate(header: string | undefined): Challenge[] {
   return challenges;
 }
 
+/** The Basic Authorization header for a user name and password (RFC 7617). */
+export function basicAuthorization(credentials: { username: string; password: string }): string {
+  return `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
+}
+
 export interface TokenResponse {
   token: string;
   /** ms since epoch */

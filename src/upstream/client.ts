@@ -8,8 +8,9 @@ import type { Readable } from 'node:stream';
 import { Agent, EnvHttpProxyAgent, ProxyAgent, request, type Dispatcher } from 'undici';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
+import { headerValue } from '../http/headers.js';
 import { RegistryError } from '../oci/errors.js';
-import { parseTokenResponse, parseWwwAuthenticate, TokenCache, type Challenge } from './auth.js';
+import { basicAuthorization, parseTokenResponse, parseWwwAuthenticate, TokenCache, type Challenge } from './auth.js';
 import { CircuitBreaker } from './breaker.js';
 import type { UpstreamRegistry } from './registry.js';
 
@@ -67,11 +68,6 @@ export function createUpstreamAgent(
   const env = options.env ?? process.env;
   if (env.HTTPS_PROXY || env.https_proxy || env.HTTP_PROXY || env.http_proxy) return new EnvHttpProxyAgent(common);
   return new Agent(common);
-}
-
-export function headerValue(headers: UpstreamResponse['headers'], name: string): string | undefined {
-  const v = headers[name];
-  return Array.isArray(v) ? v[0] : v;
 }
 
 /** Seconds or an HTTP date → ms to wait; undefined when absent or unreadable. */
@@ -254,7 +250,7 @@ export class UpstreamClient {
     if (!challenge) return undefined;
     const creds = this.registry.credentials;
     if (challenge.scheme === 'basic') {
-      return creds ? `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}` : undefined;
+      return creds ? basicAuthorization(creds) : undefined;
     }
     if (challenge.scheme !== 'bearer' || !challenge.params.realm) return undefined;
     const realm = challenge.params.realm;
@@ -271,7 +267,7 @@ export class UpstreamClient {
     if (scope) url.searchParams.set('scope', scope);
     const headers: Record<string, string> = { 'user-agent': USER_AGENT };
     const creds = this.registry.credentials;
-    if (creds) headers.authorization = `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}`;
+    if (creds) headers.authorization = basicAuthorization(creds);
     let res;
     try {
       res = await request(url, { method: 'GET', headers, dispatcher: this.options.dispatcher });

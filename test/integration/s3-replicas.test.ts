@@ -76,7 +76,7 @@ describe('replicas sharing a bucket', () => {
       await lb.stop();
     }
     // The bytes are in the bucket, under content-addressed keys.
-    const store = new S3BlobStore(join(work, 'probe'), { ...s3Settings('shared'), prefix: '', forcePathStyle: true, redirectTtlMs: 0 });
+    const store = new S3BlobStore({ ...s3Settings('shared'), prefix: '', forcePathStyle: true, redirectTtlMs: 0 });
     for (const layer of content.busybox.content.layers) expect(await store.stat(parseDigest(layer.digest))).toMatchObject({ size: layer.size });
   });
 
@@ -157,7 +157,7 @@ describe('replicas sharing a bucket', () => {
       JSON.stringify({ storage: { path: join(work, 'crash-local'), driver: 's3', s3: { ...s3Settings('crash'), redirect: 0 } } }),
     );
     const doomed = await startMirrorProcess(['--config', config, '--upstream', slow.url, '--log-level', 'info']);
-    const store = new S3BlobStore(join(work, 'probe2'), { ...s3Settings('crash'), prefix: '', forcePathStyle: true, redirectTtlMs: 0 });
+    const store = new S3BlobStore({ ...s3Settings('crash'), prefix: '', forcePathStyle: true, redirectTtlMs: 0 });
     try {
       const cut = get(`${doomed.url}/v2/team/crash/blobs/${layer.digest}`).catch(() => undefined);
       await new Promise((r) => setTimeout(r, 1500));

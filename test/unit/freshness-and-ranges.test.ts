@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { expiryFrom, tagFreshness } from '../../src/cache/freshness.js';
 import { ManualClock } from '../../src/clock.js';
-import { matchApiRoute, parseRange } from '../../src/server/routes.js';
+import { parseRange } from '../../src/http/range.js';
+import { matchApiPath } from '../../src/server/api-paths.js';
 import { negotiateAccept, MANIFEST_MEDIA_TYPES, MediaType } from '../../src/oci/media-types.js';
 import { parseManifest, childDigests } from '../../src/oci/manifest.js';
 import { parseDuration, parseSize } from '../../src/units.js';
@@ -50,13 +51,13 @@ describe('Range', () => {
 
 describe('API routes', () => {
   it('splits names with slashes from references', () => {
-    expect(matchApiRoute('/v2/')).toEqual({ kind: 'base' });
-    expect(matchApiRoute('/v2/library/alpine/manifests/3.19')).toEqual({ kind: 'manifest', name: 'library/alpine', reference: '3.19' });
-    expect(matchApiRoute('/v2/a/b/c/blobs/sha256%3Aabc')).toEqual({ kind: 'blob', name: 'a/b/c', digest: 'sha256:abc' });
-    expect(matchApiRoute('/v2/x/blobs/uploads/')).toEqual({ kind: 'upload', name: 'x' });
-    expect(matchApiRoute('/v2/x/blobs/uploads/123')).toEqual({ kind: 'upload', name: 'x' });
-    expect(matchApiRoute('/v2/x/tags/list')).toEqual({ kind: 'tags', name: 'x' });
-    expect(matchApiRoute('/v3/x').kind).toBe('unknown');
+    expect(matchApiPath('/v2/')).toEqual({ kind: 'base' });
+    expect(matchApiPath('/v2/library/alpine/manifests/3.19')).toEqual({ kind: 'manifest', name: 'library/alpine', reference: '3.19' });
+    expect(matchApiPath('/v2/a/b/c/blobs/sha256%3Aabc')).toEqual({ kind: 'blob', name: 'a/b/c', digest: 'sha256:abc' });
+    expect(matchApiPath('/v2/x/blobs/uploads/')).toEqual({ kind: 'upload', name: 'x' });
+    expect(matchApiPath('/v2/x/blobs/uploads/123')).toEqual({ kind: 'upload', name: 'x' });
+    expect(matchApiPath('/v2/x/tags/list')).toEqual({ kind: 'tags', name: 'x' });
+    expect(matchApiPath('/v3/x').kind).toBe('unknown');
   });
 });
 

@@ -2,9 +2,9 @@ import { pipeline } from 'node:stream/promises';
 import type { Mirror } from '../../mirror.js';
 import { RegistryError } from '../../oci/errors.js';
 import { parseDigest } from '../../oci/reference.js';
-import type { RequestContext } from '../app.js';
-import { parseRange } from '../routes.js';
-import { routeRequest } from './route-request.js';
+import type { RequestContext } from '../request-context.js';
+import { parseRange } from '../../http/range.js';
+import { selectUpstream } from './select-upstream.js';
 
 /**
  * GET/HEAD /v2/<name>/blobs/<digest>, with Range (206/416). Cold blobs stream while they
@@ -12,7 +12,7 @@ import { routeRequest } from './route-request.js';
  * Never compressed (containerd asks for zstd/gzip; blobs are served as stored).
  */
 export async function handleBlob(mirror: Mirror, ctx: RequestContext, name: string, digestText: string): Promise<void> {
-  const route = routeRequest(mirror, ctx, name);
+  const route = selectUpstream(mirror, ctx, name);
   const digest = parseDigest(digestText);
   const { req, res } = ctx;
   const blob = req.method === 'HEAD' ? await mirror.statBlob(route, digest) : await mirror.getBlob(route, digest, { fromPeer: ctx.fromPeer });

@@ -1,11 +1,11 @@
 import type { Mirror } from '../../mirror.js';
 import { parseManifestReference } from '../../oci/reference.js';
-import type { RequestContext } from '../app.js';
-import { routeRequest } from './route-request.js';
+import type { RequestContext } from '../request-context.js';
+import { selectUpstream } from './select-upstream.js';
 
 /** GET/HEAD /v2/<name>/manifests/<tag|digest>: the stored bytes, exactly as received. */
 export async function handleManifest(mirror: Mirror, ctx: RequestContext, name: string, reference: string): Promise<void> {
-  const route = routeRequest(mirror, ctx, name);
+  const route = selectUpstream(mirror, ctx, name);
   const ref = parseManifestReference(reference);
   const result = await mirror.getManifest(route, ref, ctx.req.headers.accept);
   ctx.outcome = result.outcome;

@@ -1,12 +1,12 @@
 import type { Mirror } from '../../mirror.js';
 import { RegistryError } from '../../oci/errors.js';
 import { isValidTag } from '../../oci/reference.js';
-import type { RequestContext } from '../app.js';
-import { routeRequest } from './route-request.js';
+import type { RequestContext } from '../request-context.js';
+import { selectUpstream } from './select-upstream.js';
 
 /** GET /v2/<name>/tags/list?n=&last= — from the upstream, or the tags we know when it cannot answer. */
 export async function handleTags(mirror: Mirror, ctx: RequestContext, name: string): Promise<void> {
-  const route = routeRequest(mirror, ctx, name);
+  const route = selectUpstream(mirror, ctx, name);
   const nText = ctx.query.get('n');
   let n: number | undefined;
   if (nText !== null && nText !== '') {

@@ -15,7 +15,7 @@ export interface Route {
   namespace: string | undefined;
 }
 
-export class UpstreamRouter {
+export class UpstreamSelector {
   private readonly byHost = new Map<string, UpstreamRegistry>();
   /** Routes already worked out (validation and globs cost more than a lookup), bounded. */
   private readonly routes = new Map<string, Route>();
@@ -37,12 +37,8 @@ export class UpstreamRouter {
     return this.byHost.get(name);
   }
 
-  get default(): UpstreamRegistry {
-    return this.defaultUpstream;
-  }
-
   /** `name` is the repository path from the URL (already split from /manifests/ etc.). */
-  route(name: string, ns: string | null): Route {
+  select(name: string, ns: string | null): Route {
     const key = ns ? `${ns}\u0000${name}` : name;
     const known = this.routes.get(key);
     if (known) return known;

@@ -1,0 +1,105 @@
+// The content store on the local filesystem (the embedded default); the layout is drawn
+// at the top of blob-store.ts.
+
+import { createReadStream, type ReadStream } from 'node:fs';
+import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Digest } from '../oci/reference.js';
+import { READ_CHUNK_BYTES, type BlobStore, type StoredObject } from './blob-store.js';
+import type { ScratchSpace } from './scratch.js';
+
+export class FileBlobStore implements BlobStore {
+  readonly kind = 'filesystem' as const;
+  readonly blobsDir: string;
+
+  constructor(
+    root: string,
+    private readonly scratch: ScratchSpace,
+  ) {
+    this.blobsDir = join(root, 'blobs');
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.blobsDir, { recursive: true });
+  }
+
+  pathOf(digest: Digest): string {
+    return join(this.blobsDir, digest.algorithm, digest.hex.slice(0, 2), digest.hex);
+  }
+
+  async stat(digest: Digest): Promise<StoredObject | undefined> {
+    try {
+      const s = await stat(this.pathOf(digest));
+      return s.isFile() ? { digest: digest.value, size: s.size } : undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  /** Stream `[start, end]` (inclusive) of a stored object. */
+  createReadStream(digest: Digest, start?: number, end?: number): ReadStream {
+    return createReadStream(this.pathOf(digest), { start, end, highWaterMark: READ_CHUNK_BYTES });
+  }
+
+  async read(digest: Digest): Promise<Buffer | undefined> {
+    try {
+      return await readFile(this.pathOf(digest));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  /** Move a verified, fsynced temp file into place. Atomic: readers see all or nothing. */
+  async commit(tempPath: string, digest: Digest): Promise<void> {
+    const target = this.pathOf(digest);
+    await mkdir(join(this.blobsDir, digest.algorithm, digest.hex.slice(0, 2)), { recursive: true });
+    await rename(tempPath, target);
+  }
+
+  /** Store small verified content (manifests) in one go. */
+  async write(digest: Digest, bytes: Uint8Array): Promise<void> {
+    const temp = await this.scratch.createTemp();
+    try {
+      await temp.handle.writeFile(bytes);
+      await temp.handle.datasync();
+    } finally {
+      await temp.handle.close();
+    }
+    try {
+      await this.commit(temp.path, digest);
+    } catch (err) {
+      await unlink(temp.path).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async delete(digest: Digest): Promise<boolean> {
+    try {
+      await unlink(this.pathOf(digest));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw err;
+    }
+  }
+
+  /** Every stored object, for verify and gc. */
+  async *list(): AsyncGenerator<StoredObject> {
+    let algorithms: string[];
+    try {
+      algorithms = await readdir(this.blobsDir);
+    } catch {
+      return;
+    }
+    for (const algorithm of algorithms) {
+      for (const prefix of await readdir(join(this.blobsDir, algorithm))) {
+        for (const hex of await readdir(join(this.blobsDir, algorithm, prefix))) {
+          const s = await stat(join(this.blobsDir, algorithm, prefix, hex)).catch(() => undefined);
+          if (s?.isFile()) yield { digest: `${algorithm}:${hex}`, size: s.size };
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,57 @@
+// What each tag pointed at when last checked, and until when that is trusted: rows of the
+// index's tags table, with the hot ones in memory in front of SQLite.
+
+import { LRUCache } from 'lru-cache';
+import type { CacheIndex, TagRow } from './index.js';
+
+export interface TagKey {
+  upstream: string;
+  repo: string;
+  tag: string;
+  /** The Accept negotiation the tag was resolved under (oci/media-types.ts). */
+  accept: string;
+}
+
+export class TagCache {
+  private readonly hot = new LRUCache<string, TagRow>({ max: 20_000 });
+
+  constructor(private readonly index: CacheIndex) {}
+
+  static keyOf(k: TagKey): string {
+    return `${k.upstream}\u0000${k.repo}\u0000${k.tag}\u0000${k.accept}`;
+  }
+
+  get(k: TagKey, key = TagCache.keyOf(k)): TagRow | undefined {
+    let row = this.hot.get(key);
+    if (!row) {
+      row = this.index.getTag(k.upstream, k.repo, k.tag, k.accept);
+      if (row) this.hot.set(key, row);
+    }
+    return row;
+  }
+
+  /** Record a tag's (new) manifest. */
+  put(row: TagRow): void {
+    this.index.putTag(row);
+    this.hot.set(TagCache.keyOf(row), row);
+  }
+
+  /** The tag still points where it did: trust it until `expiresAt`. */
+  touch(row: TagRow, checkedAt: number, expiresAt: number): TagRow {
+    const updated: TagRow = { ...row, checkedAt, expiresAt };
+    this.index.touchTag(row.upstream, row.repo, row.tag, row.accept, checkedAt, expiresAt);
+    this.hot.set(TagCache.keyOf(row), updated);
+    return updated;
+  }
+
+  /** The upstream says the tag is gone (under every Accept). */
+  delete(row: TagRow): void {
+    this.index.deleteTag(row.upstream, row.repo, row.tag);
+    this.hot.delete(TagCache.keyOf(row));
+  }
+
+  /** Drop in-memory rows that point at content that left the store. */
+  forgetDigest(digest: string): void {
+    for (const [key, row] of this.hot.entries()) if (row.digest === digest) this.hot.delete(key);
+  }
+}

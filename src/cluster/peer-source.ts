@@ -1,0 +1,73 @@
+// Replicas that share the work: the owner of a digest on the consistent-hash ring
+// downloads it from the upstream once for the whole cluster; the other replicas read it
+// from the owner (verified again, like any download) and ask the upstream themselves when
+// the owner cannot be reached.
+
+import { Agent, request } from 'undici';
+import type { Logger } from 'pino';
+import type { DownloadSource } from '../cache/download-source.js';
+import type { Config } from '../config.js';
+import { parseContentLength, parseContentRange } from '../http/headers.js';
+import { parseErrorBody, RegistryError } from '../oci/errors.js';
+import type { Digest } from '../oci/reference.js';
+import type { Route } from '../upstream/selector.js';
+import { HashRing } from './ring.js';
+
+/** The header that marks a request between replicas (it is not forwarded again). */
+export const PEER_HEADER = 'x-registry-mirror-peer';
+
+export class Peers {
+  private readonly ring: HashRing;
+  private readonly agent: Agent;
+
+  constructor(
+    private readonly cluster: NonNullable<Config['cluster']>,
+    timeouts: Config['timeouts'],
+    private readonly logger: Logger,
+  ) {
+    this.ring = new HashRing(cluster.peers);
+    this.agent = new Agent({ connect: { timeout: 2000 }, headersTimeout: timeouts.headersMs, bodyTimeout: timeouts.bodyIdleMs });
+  }
+
+  /** The replica that should download `digest` from the upstream, when it is another one. */
+  ownerOf(digest: Digest): string | undefined {
+    const owner = this.ring.owner(digest.value);
+    return owner && owner !== this.cluster.self ? owner : undefined;
+  }
+
+  /**
+   * Read a blob from the replica that owns it. If the owner cannot be reached or fails,
+   * this replica reads from `fallback` (the upstream) rather than fail the client.
+   */
+  source(owner: string, route: Route, digest: Digest, fallback: DownloadSource): DownloadSource {
+    let useUpstream = false;
+    const headers: Record<string, string> = { [PEER_HEADER]: this.cluster.secret ?? '1' };
+    const url = `${owner}/v2/${route.repository}/blobs/${digest.value}?ns=${encodeURIComponent(route.upstream.name)}`;
+    return {
+      segments: 1,
+      open: async (offset) => {
+        if (!useUpstream) {
+          try {
+            const res = await request(url, { method: 'GET', dispatcher: this.agent, headers: offset > 0 ? { ...headers, range: `bytes=${offset}-` } : headers });
+            if (res.statusCode === 200 && offset === 0) return { body: res.body, totalSize: parseContentLength(res.headers) };
+            const range = parseContentRange(res.headers);
+            if (res.statusCode === 206 && range && range.total !== undefined && range.start === offset) return { body: res.body, totalSize: range.total };
+            const text = await res.body.text().catch(() => '');
+            // The owner's 404 is the upstream's: say so rather than ask again.
+            if (res.statusCode === 404) throw new RegistryError('BLOB_UNKNOWN', `blob unknown to upstream ${route.upstream.name}`, { detail: { via: owner, upstreamError: parseErrorBody(text)[0] } });
+            throw new Error(`peer ${owner} answered ${res.statusCode}`);
+          } catch (err) {
+            if (err instanceof RegistryError) throw err;
+            this.logger.warn({ digest: digest.value, peer: owner, err: (err as Error).message }, 'peer unavailable; fetching from the upstream instead');
+            useUpstream = true;
+          }
+        }
+        return fallback.open(offset);
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close().catch(() => undefined);
+  }
+}

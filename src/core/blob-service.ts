@@ -1,0 +1,158 @@
+// Blobs for a routed request. In the store: streamed from it (ranges too). Not yet: the one
+// download for the digest is started or joined (cache/downloads.ts), and the client reads
+// it as it grows, ranges as soon as their bytes are there. The download's bytes come from
+// the upstream, or from the replica that owns the digest. A disk without room for the blob
+// passes it through, verified and uncached.
+
+import { Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import type { BlobStore } from '../cache/blob-store.js';
+import type { BlobDownload, Downloads } from '../cache/downloads.js';
+import type { ScratchSpace } from '../cache/scratch.js';
+import type { Peers } from '../cluster/peer-source.js';
+import type { MirrorMetrics } from '../metrics.js';
+import { RegistryError } from '../oci/errors.js';
+import type { Digest } from '../oci/reference.js';
+import { upstreamBlobSource } from '../upstream/blob-source.js';
+import type { Route } from '../upstream/selector.js';
+import type { Upstreams } from '../upstream/upstreams.js';
+import { offlineMiss } from './offline.js';
+import { NoRoomForBlob, passThrough } from './pass-through.js';
+import type { RepositoryAccess } from './repository-access.js';
+import type { BlobResult, CacheOutcome } from './results.js';
+
+export interface BlobServiceDeps {
+  offline: boolean;
+  storagePath: string;
+  store: BlobStore;
+  scratch: ScratchSpace;
+  downloads: Downloads;
+  access: RepositoryAccess;
+  upstreams: Upstreams;
+  peers: Peers | undefined;
+  metrics: MirrorMetrics;
+  logger: Logger;
+  /** Note an access for eviction's LRU (batched by the index). */
+  recordAccess(digest: string): void;
+}
+
+export class BlobService {
+  /** Open store read streams per digest: content being served is never evicted. */
+  private readonly serving = new Map<string, number>();
+
+  constructor(private readonly deps: BlobServiceDeps) {}
+
+  /** Is `digest` being read from the store or downloaded right now? */
+  isBusy(digest: Digest): boolean {
+    return (this.serving.get(digest.value) ?? 0) > 0 || this.deps.downloads.get(digest) !== undefined;
+  }
+
+  async get(route: Route, digest: Digest, options: { fromPeer?: boolean } = {}): Promise<BlobResult> {
+    const { store, access, downloads, offline } = this.deps;
+    const stat = await store.stat(digest);
+    if (stat) {
+      await access.ensureLinked(route, digest, 'blob');
+      this.deps.recordAccess(digest.value);
+      return {
+        digest: digest.value,
+        size: stat.size,
+        outcome: 'hit',
+        redirect: store.directUrl ? await store.directUrl(digest) : undefined,
+        open: (start, end) => this.serveFromStore(digest, start, end),
+      };
+    }
+    if (offline) throw offlineMiss('BLOB_UNKNOWN', route, digest.value);
+    let download = downloads.get(digest);
+    let outcome: CacheOutcome = 'coalesced';
+    if (download) {
+      // Joining another repository's download: this repository must contain the blob too.
+      if (!access.isLinked(route, digest.value)) await access.confirmUpstreamHas(route, digest, 'blob');
+    } else {
+      download = this.startDownload(route, digest, options.fromPeer === true);
+      outcome = 'miss';
+    }
+    try {
+      await download.ready;
+    } catch (err) {
+      if (err instanceof NoRoomForBlob) return passThrough(this.deps.upstreams, route, digest, err, this.deps.logger, this.deps.storagePath);
+      throw err;
+    }
+    return {
+      digest: digest.value,
+      size: download.totalSize,
+      outcome,
+      open: (start, end) => this.readDownload(download, digest, start, end),
+    };
+  }
+
+  /** What a HEAD needs: the size, without starting a download. */
+  async stat(route: Route, digest: Digest): Promise<BlobResult> {
+    const { store, access, downloads, offline } = this.deps;
+    const stat = await store.stat(digest);
+    if (stat) {
+      await access.ensureLinked(route, digest, 'blob');
+      return { digest: digest.value, size: stat.size, outcome: 'hit' };
+    }
+    if (offline) throw offlineMiss('BLOB_UNKNOWN', route, digest.value);
+    const download = downloads.get(digest);
+    if (download && access.isLinked(route, digest.value)) {
+      await download.ready;
+      return { digest: digest.value, size: download.totalSize, outcome: 'coalesced' };
+    }
+    const { size } = await access.confirmUpstreamHas(route, digest, 'blob');
+    return { digest: digest.value, size, outcome: 'miss' };
+  }
+
+  /** The one download of `digest`, from the replica that owns it or from the upstream. */
+  private startDownload(route: Route, digest: Digest, fromPeer: boolean): BlobDownload {
+    const { downloads, peers, upstreams, scratch, access, metrics } = this.deps;
+    const fromUpstream = upstreamBlobSource(upstreams, route, digest, {
+      admit: async (response, totalSize) => {
+        if (totalSize !== undefined && !(await scratch.hasSpaceFor(totalSize))) throw new NoRoomForBlob(response, totalSize);
+      },
+    });
+    // A peer's request is never forwarded again: the owner downloads it itself.
+    const owner = fromPeer ? undefined : peers?.ownerOf(digest);
+    const download = downloads.start(digest, owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream);
+    metrics.downloadsInFlight.inc();
+    void download.finished
+      .then(() => access.link(route, digest.value))
+      .catch((err: unknown) => {
+        if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') metrics.digestMismatches.inc({ upstream: route.upstream.name });
+      })
+      .finally(() => metrics.downloadsInFlight.dec());
+    return download;
+  }
+
+  private serveFromStore(digest: Digest, start: number, end: number | undefined): Readable {
+    const stream = this.deps.store.createReadStream(digest, start, end);
+    this.serving.set(digest.value, (this.serving.get(digest.value) ?? 0) + 1);
+    stream.once('close', () => {
+      const n = (this.serving.get(digest.value) ?? 1) - 1;
+      if (n <= 0) this.serving.delete(digest.value);
+      else this.serving.set(digest.value, n);
+    });
+    return stream;
+  }
+
+  /** Follow a running download, or the store once it has committed. */
+  private readDownload(download: BlobDownload, digest: Digest, start: number, end: number | undefined): Readable {
+    if (download.state === 'running') return download.createReader(start, end);
+    if (download.state === 'done') return this.serveFromStore(digest, start, end);
+    if (download.state === 'failed') {
+      const failed = new Readable({ read() {} });
+      failed.destroy(download.error ?? new Error('download failed'));
+      return failed;
+    }
+    // Committing: the rename is moments away.
+    const out = new Readable({ read() {} });
+    download.finished.then(
+      () => {
+        const from = this.deps.store.createReadStream(digest, start, end);
+        from.on('data', (c) => out.push(c)).on('end', () => out.push(null)).on('error', (e) => out.destroy(e));
+      },
+      (err: unknown) => out.destroy(err instanceof Error ? err : new Error(String(err))),
+    );
+    return out;
+  }
+}

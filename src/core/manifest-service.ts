@@ -1,0 +1,220 @@
+// Manifests for a routed request. By digest they are immutable: served from the store
+// once there, fetched (and verified) once otherwise. By tag they are trusted for the
+// upstream's TTL, then revalidated with a HEAD (free on Docker Hub's pull limit); when the
+// upstream cannot answer, the stale manifest is served (stale-if-error) and counted.
+
+import type { Logger } from 'pino';
+import { expiryFrom, tagFreshness } from '../cache/freshness.js';
+import type { TagRow } from '../cache/index.js';
+import type { ManifestCache, StoredManifest } from '../cache/manifest-cache.js';
+import { TagCache } from '../cache/tag-cache.js';
+import type { Clock } from '../clock.js';
+import type { Config } from '../config.js';
+import { readLimited } from '../http/body.js';
+import { headerValue } from '../http/headers.js';
+import type { MirrorMetrics } from '../metrics.js';
+import { digestOf } from '../oci/digest.js';
+import { RegistryError } from '../oci/errors.js';
+import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.js';
+import { negotiateAccept } from '../oci/media-types.js';
+import { parseDigest, type Digest, type ManifestReference } from '../oci/reference.js';
+import { describeNetworkError, type UpstreamResponse } from '../upstream/client.js';
+import { TokenBucket } from '../upstream/rate-limiter.js';
+import type { Route } from '../upstream/selector.js';
+import { isUpstreamTrouble, upstreamError } from '../upstream/status-errors.js';
+import type { Upstreams } from '../upstream/upstreams.js';
+import { offlineMiss } from './offline.js';
+import type { RepositoryAccess } from './repository-access.js';
+import type { ManifestResult } from './results.js';
+import { SingleFlight } from './single-flight.js';
+
+/** Why a stale tag was served (a metric label: a few fixed values). */
+type StaleReason = 'upstream-error' | 'rate-limit-reserve' | 'revalidation-budget';
+
+/** The Accept negotiation a request resolved to (oci/media-types.ts). */
+type Negotiated = { key: string; types: string[] };
+
+export interface ManifestServiceDeps {
+  config: Pick<Config, 'offline' | 'revalidation'>;
+  manifests: ManifestCache;
+  tags: TagCache;
+  access: RepositoryAccess;
+  upstreams: Upstreams;
+  metrics: MirrorMetrics;
+  logger: Logger;
+  clock: Clock;
+  /** Note an access for eviction's LRU (batched by the index). */
+  recordAccess(digest: string): void;
+}
+
+export class ManifestService {
+  private readonly flights = new SingleFlight();
+  /** Per upstream: revalidations are bounded in rate, not only made cheap. */
+  private readonly revalidationBudget = new Map<string, TokenBucket>();
+
+  constructor(private readonly deps: ManifestServiceDeps) {
+    const { perSecond, burst } = deps.config.revalidation;
+    for (const client of deps.upstreams.all()) {
+      this.revalidationBudget.set(client.registry.name, new TokenBucket(perSecond, burst, deps.clock));
+    }
+  }
+
+  async get(route: Route, reference: ManifestReference, accept: string | string[] | undefined): Promise<ManifestResult> {
+    return reference.kind === 'digest' ? this.byDigest(route, reference.digest) : this.byTag(route, reference.tag, accept);
+  }
+
+  private async byDigest(route: Route, digest: Digest): Promise<ManifestResult> {
+    const { manifests, access, config } = this.deps;
+    const stored = await manifests.get(digest);
+    if (stored) {
+      await access.ensureLinked(route, digest, 'manifest');
+      this.deps.recordAccess(digest.value);
+      return { ...stored, outcome: 'hit' };
+    }
+    if (config.offline) throw offlineMiss('MANIFEST_UNKNOWN', route, digest.value);
+    return this.flights.run(`m\u0000${route.upstream.name}\u0000${route.repository}\u0000${digest.value}`, () =>
+      this.fetch(route, digest.value, undefined, { key: 'all', types: negotiateAccept(undefined, route.upstream.allowSchema1).types }),
+    );
+  }
+
+  private async byTag(route: Route, tag: string, accept: string | string[] | undefined): Promise<ManifestResult> {
+    const { tags, manifests, config, clock } = this.deps;
+    const negotiated = negotiateAccept(accept, route.upstream.allowSchema1);
+    const tagKey = { upstream: route.upstream.name, repo: route.repository, tag, accept: negotiated.key };
+    const key = TagCache.keyOf(tagKey);
+    let row = tags.get(tagKey, key);
+    const now = clock.now();
+    if (row && tagFreshness(row, now, config.offline) === 'fresh') {
+      const stored = await manifests.get(parseDigest(row.digest));
+      if (stored) {
+        this.deps.recordAccess(row.digest);
+        return { ...stored, outcome: 'hit' };
+      }
+      // The bytes are gone (evicted or removed by verify): fetch again below.
+      row = undefined;
+    }
+    if (config.offline) throw offlineMiss('MANIFEST_UNKNOWN', route, `${route.repository}:${tag}`);
+    const current = row;
+    return this.flights.run(`t\u0000${key}`, async () => {
+      if (current) return this.revalidate(route, current, negotiated.types);
+      return this.fetch(route, tag, negotiated.key, negotiated);
+    });
+  }
+
+  /** A stale tag: ask the upstream with a HEAD (free on Docker Hub's pull limit). */
+  private async revalidate(route: Route, row: TagRow, acceptTypes: string[]): Promise<ManifestResult> {
+    const { manifests, tags, upstreams, clock } = this.deps;
+    const stale = await manifests.get(parseDigest(row.digest));
+    if (stale) {
+      // Spend neither the upstream's pull budget nor our revalidation budget when they run low.
+      const rateLimit = upstreams.clientFor(route.upstream.name)?.rateLimit;
+      const reserve = this.deps.config.revalidation.rateLimitReserve;
+      if (rateLimit?.remaining !== undefined && rateLimit.remaining <= reserve) {
+        // Trust the tag for another TTL without asking.
+        const now = clock.now();
+        tags.touch(row, row.checkedAt, expiryFrom(now, route.upstream.ttlMs));
+        return this.serveStale(route, row, stale, `rate limit nearly spent (${rateLimit.remaining} left)`, 'rate-limit-reserve');
+      }
+      if (!this.revalidationBudget.get(route.upstream.name)!.tryTake()) {
+        return this.serveStale(route, row, stale, 'revalidation rate limit reached', 'revalidation-budget');
+      }
+    }
+    let response: UpstreamResponse;
+    try {
+      response = await upstreams.request(route, 'manifest', {
+        method: 'HEAD',
+        path: `/v2/${route.repository}/manifests/${row.tag}`,
+        headers: { accept: acceptTypes.join(', ') },
+      });
+    } catch (err) {
+      if (stale) return this.serveStale(route, row, stale, describeNetworkError(err));
+      throw err;
+    }
+    if (response.status === 200) {
+      await response.body.dump().catch(() => undefined);
+      const digest = headerValue(response.headers, 'docker-content-digest');
+      if (stale && digest === row.digest) {
+        const now = clock.now();
+        tags.touch(row, now, expiryFrom(now, route.upstream.ttlMs));
+        return { ...stale, outcome: 'revalidated' };
+      }
+      // Moved (or the HEAD did not say): fetch the tag's new manifest.
+      try {
+        return await this.fetch(route, row.tag, row.accept, { key: row.accept, types: acceptTypes });
+      } catch (err) {
+        if (stale && isUpstreamTrouble(err)) return this.serveStale(route, row, stale, (err as Error).message);
+        throw err;
+      }
+    }
+    if (response.status === 404) {
+      await response.body.dump().catch(() => undefined);
+      // The upstream says the tag is gone: so do we.
+      tags.delete(row);
+      throw new RegistryError('MANIFEST_UNKNOWN', `${route.repository}:${row.tag} no longer exists upstream`, {
+        detail: { upstream: route.upstream.name, repository: route.repository, tag: row.tag },
+      });
+    }
+    const error = await upstreamError(route, response, 'manifest');
+    if (stale) return this.serveStale(route, row, stale, error.message);
+    throw error;
+  }
+
+  private serveStale(route: Route, row: TagRow, stale: StoredManifest, reason: string, category: StaleReason = 'upstream-error'): ManifestResult {
+    this.deps.metrics.staleServed.inc({ upstream: route.upstream.name, reason: category });
+    this.deps.logger.warn({ upstream: route.upstream.name, repository: route.repository, tag: row.tag, reason }, 'serving stale tag: upstream could not revalidate it');
+    const age = Math.max(0, Math.round((this.deps.clock.now() - row.checkedAt) / 1000));
+    return {
+      ...stale,
+      outcome: 'stale',
+      warning: `110 registry-mirror "Response is stale: upstream ${route.upstream.name} unavailable (${reason.replace(/"/g, "'")}); last checked ${age}s ago"`,
+    };
+  }
+
+  /**
+   * GET a manifest from the upstream, verify it against the digest asked for (or the one the
+   * upstream announced), store it, and record the tag when asked by tag (`tagAccept` set).
+   */
+  private async fetch(route: Route, reference: string, tagAccept: string | undefined, negotiated: Negotiated): Promise<ManifestResult> {
+    const { upstreams, manifests, tags, access, clock } = this.deps;
+    const response = await upstreams.request(route, 'manifest', {
+      method: 'GET',
+      path: `/v2/${route.repository}/manifests/${reference}`,
+      headers: { accept: negotiated.types.join(', ') },
+    });
+    if (response.status !== 200) throw await upstreamError(route, response, 'manifest', reference);
+    const bytes = await readLimited(response.body, MAX_MANIFEST_BYTES).catch((err: unknown) => {
+      throw new RegistryError('MANIFEST_INVALID', `manifest from ${route.upstream.name} is unreadable: ${(err as Error).message}`, {
+        status: 502,
+        detail: { upstream: route.upstream.name },
+      });
+    });
+    const wantDigest = tagAccept === undefined ? parseDigest(reference) : undefined;
+    const algorithm = wantDigest?.algorithm ?? 'sha256';
+    const computed = digestOf(bytes, algorithm);
+    const announced = headerValue(response.headers, 'docker-content-digest');
+    if ((wantDigest && computed !== wantDigest.value) || (announced && announced.startsWith(`${algorithm}:`) && announced !== computed)) {
+      this.deps.metrics.digestMismatches.inc({ upstream: route.upstream.name });
+      throw new RegistryError('DIGEST_INVALID', `upstream ${route.upstream.name} sent a manifest that does not match its digest`, {
+        status: 502,
+        detail: { upstream: route.upstream.name, expected: wantDigest?.value ?? announced, computed },
+      });
+    }
+    const parsed = parseManifest(bytes, headerValue(response.headers, 'content-type'));
+    const manifest: StoredManifest = { digest: computed, mediaType: parsed.mediaType, bytes };
+    const now = clock.now();
+    if (!(await manifests.put(manifest, parsed, { upstream: route.upstream.name, repo: route.repository }))) return { ...manifest, outcome: 'miss' };
+    access.remember(route, computed);
+    if (tagAccept !== undefined) {
+      try {
+        tags.put({
+          upstream: route.upstream.name, repo: route.repository, tag: reference, accept: tagAccept,
+          digest: computed, mediaType: parsed.mediaType, fetchedAt: now, checkedAt: now,
+          expiresAt: expiryFrom(now, route.upstream.ttlMs),
+        });
+      } catch (err) {
+        this.deps.logger.error({ tag: reference, err: (err as Error).message }, 'could not record tag in the index');
+      }
+    }
+    return { ...manifest, outcome: 'miss' };
+  }
+}

@@ -1,0 +1,34 @@
+// What the core answers, shared by the server's handlers, the CLI and the core's parts.
+
+import type { Readable } from 'node:stream';
+
+/** How a request was answered, for the access log and metrics. */
+export type CacheOutcome = 'hit' | 'miss' | 'coalesced' | 'revalidated' | 'stale';
+
+export interface ManifestResult {
+  digest: string;
+  mediaType: string;
+  bytes: Buffer;
+  outcome: CacheOutcome;
+  /** Set when served stale: the Warning header's text. */
+  warning?: string;
+}
+
+export interface BlobResult {
+  digest: string;
+  /** Total size; undefined only when an upstream streams without a length. */
+  size: number | undefined;
+  outcome: CacheOutcome;
+  /** Where the client may fetch the bytes directly (a presigned object-store URL). */
+  redirect?: string | undefined;
+  /** Bytes [start, end] inclusive (end undefined = to the end); absent for a HEAD. */
+  open?: (start: number, end: number | undefined) => Readable;
+}
+
+export interface TagList {
+  name: string;
+  tags: string[];
+  /** The last tag returned when more may follow (for the Link header). */
+  next: string | undefined;
+  outcome: CacheOutcome;
+}

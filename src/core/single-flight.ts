@@ -1,0 +1,20 @@
+// Coalescing identical work: while one manifest fetch or tag revalidation for a key runs,
+// every other caller for that key waits for its result instead of asking the upstream again.
+
+import type { ManifestResult } from './results.js';
+
+export class SingleFlight {
+  private readonly inFlight = new Map<string, Promise<ManifestResult>>();
+
+  /** The first caller runs `work`; the others get its result marked 'coalesced' (or 'stale'). */
+  async run(key: string, work: () => Promise<ManifestResult>): Promise<ManifestResult> {
+    const running = this.inFlight.get(key);
+    if (running) {
+      const result = await running;
+      return { ...result, outcome: result.outcome === 'stale' ? 'stale' : 'coalesced' };
+    }
+    const promise = work().finally(() => this.inFlight.delete(key));
+    this.inFlight.set(key, promise);
+    return promise;
+  }
+}

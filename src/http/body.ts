@@ -1,0 +1,18 @@
+// Reading a response body into memory, only ever with a bound.
+
+import type { Readable } from 'node:stream';
+
+/** The whole body, or an error (and a destroyed stream) once it passes `limit` bytes. */
+export async function readLimited(body: Readable, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    total += chunk.length;
+    if (total > limit) {
+      body.destroy();
+      throw new Error(`body larger than ${limit} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, total);
+}

@@ -1,0 +1,23 @@
+// One request as it passes through the server: what the handlers read and what they set
+// for the access log.
+
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { CacheOutcome } from '../core/results.js';
+
+export interface RequestContext {
+  req: IncomingMessage;
+  res: ServerResponse;
+  id: string;
+  started: number;
+  path: string;
+  /** The raw query string ('' when none); parsed on first use. */
+  rawQuery: string;
+  readonly query: URLSearchParams;
+  /** Set by handlers for the access log. */
+  outcome?: CacheOutcome;
+  upstream?: string;
+  repository?: string;
+  bytes: number;
+  /** A request from another replica of this cluster (it must not be forwarded again). */
+  fromPeer: boolean;
+}
