@@ -161,6 +161,31 @@ function imagesFrom(refs: string[], file: string | undefined): string[] {
   return all;
 }
 
+/** Open the cache's index and store beside a possibly running server, run `work`, close. */
+async function withCache(config: Config, work: (cache: import('./maintenance.js').Cache) => Promise<void> | void): Promise<void> {
+  const { openCache } = await import('./maintenance.js');
+  const cache = await openCache(config);
+  try {
+    await work(cache);
+  } finally {
+    cache.close();
+  }
+}
+
+/** A command's action on the cache: the configuration from its options, the cache opened and closed around it. */
+function onCache<O extends object>(run: (cache: import('./maintenance.js').Cache, config: Config, options: O) => Promise<void>) {
+  return async (options: CommonOptions & ConfigOverrides & O) => {
+    const config = configFrom(options);
+    await withCache(config, (cache) => run(cache, config, options));
+  };
+}
+
+/** A command's result: as one line of JSON with --json, else in words for people. */
+function report<T>(json: boolean | undefined, result: T, inWords: (result: T) => void): void {
+  if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
+  else inWords(result);
+}
+
 /** The core without the HTTP server, for commands that pull (prewarm, export, import). */
 async function coreFor(options: CommonOptions & ConfigOverrides) {
   const config = configFrom(options);
@@ -284,43 +309,33 @@ withConfigOptions(program.command('gc').description('evict least recently used c
         process.exit(2);
       }
     }
-    const { openCache, gcCache } = await import('./maintenance.js');
-    const cache = await openCache(config);
-    try {
-      const r = await gcCache(cache, config, target);
-      if (options.json) process.stdout.write(`${JSON.stringify(r)}\n`);
-      else {
+    const { gcCache } = await import('./maintenance.js');
+    await withCache(config, async (cache) => {
+      report(options.json, await gcCache(cache, config, target), (r) =>
         process.stdout.write(
           `evicted ${r.evicted} objects, freed ${formatBytes(r.freedBytes)}; cache now ${formatBytes(r.usageAfter)} (was ${formatBytes(r.usageBefore)})` +
             `${r.missingRemoved ? `; forgot ${r.missingRemoved} index entries whose files were gone` : ''}\n`,
-        );
-      }
-    } finally {
-      cache.close();
-    }
+        ),
+      );
+    });
   });
 
 withConfigOptions(program.command('verify').description('re-hash every stored object; remove corrupt ones and repair the index (exit 1 if anything was wrong)'))
   .option('--json', 'print the report as JSON')
-  .action(async (options: CommonOptions & { json?: boolean }) => {
-    const config = configFrom(options);
-    const { openCache, verifyCache } = await import('./maintenance.js');
-    const cache = await openCache(config);
-    try {
+  .action(
+    onCache(async (cache, _config, options: { json?: boolean }) => {
+      const { verifyCache } = await import('./maintenance.js');
       const r = await verifyCache(cache);
-      if (options.json) process.stdout.write(`${JSON.stringify(r)}\n`);
-      else {
+      report(options.json, r, () => {
         process.stdout.write(`checked ${r.checked} objects (${formatBytes(r.bytes)})\n`);
         for (const d of r.corrupt) process.stdout.write(`corrupt, removed: ${d}\n`);
         for (const d of r.missing) process.stdout.write(`indexed but missing on disk, forgotten: ${d}\n`);
         for (const d of r.adopted) process.stdout.write(`verified but not indexed, adopted: ${d}\n`);
         if (r.corrupt.length + r.missing.length === 0) process.stdout.write('all good\n');
-      }
+      });
       if (r.corrupt.length + r.missing.length > 0) process.exitCode = 1;
-    } finally {
-      cache.close();
-    }
-  });
+    }),
+  );
 
 withConfigOptions(program.command('ls').description('list cached repositories and tags with their sizes and when they were last pulled'))
   .argument('[repository]', 'only this repository, as users write it: alpine, docker.io/library/alpine, ghcr.io/org/app')
@@ -342,64 +357,50 @@ withConfigOptions(program.command('ls').description('list cached repositories an
       upstream = u.name;
       repo = new UpstreamRegistry(u).canonicalRepository(named ? repository.slice(slash + 1) : repository);
     }
-    const { openCache } = await import('./maintenance.js');
-    const cache = await openCache(config);
-    try {
-      const rows = cache.index.listTagsDetailed(upstream, repo);
-      if (options.json) {
-        process.stdout.write(`${JSON.stringify(rows)}\n`);
-        return;
-      }
-      if (rows.length === 0) {
-        process.stdout.write('nothing cached\n');
-        return;
-      }
-      printTable(
-        rows.map((r) => ({
-          repository: `${r.upstream}/${r.repo}`,
-          tag: r.tag + (r.pinned ? ' (pinned)' : ''),
-          digest: r.digest.slice(0, 19),
-          size: formatBytes(r.bytes),
-          fetched: ago(r.fetchedAt),
-          'last pulled': ago(r.lastPull),
-        })),
-        ['repository', 'tag', 'digest', 'size', 'fetched', 'last pulled'],
-      );
-    } finally {
-      cache.close();
-    }
+    await withCache(config, async (cache) => {
+      report(options.json, cache.index.listTagsDetailed(upstream, repo), (rows) => {
+        if (rows.length === 0) {
+          process.stdout.write('nothing cached\n');
+          return;
+        }
+        printTable(
+          rows.map((r) => ({
+            repository: `${r.upstream}/${r.repo}`,
+            tag: r.tag + (r.pinned ? ' (pinned)' : ''),
+            digest: r.digest.slice(0, 19),
+            size: formatBytes(r.bytes),
+            fetched: ago(r.fetchedAt),
+            'last pulled': ago(r.lastPull),
+          })),
+          ['repository', 'tag', 'digest', 'size', 'fetched', 'last pulled'],
+        );
+      });
+    });
   });
 
 withConfigOptions(program.command('stats').description('cache objects, bytes, hit ratio and the busiest repositories'))
   .option('--json', 'print JSON')
-  .action(async (options: CommonOptions & { json?: boolean }) => {
-    const config = configFrom(options);
-    const { openCache, statsOf } = await import('./maintenance.js');
-    const cache = await openCache(config);
-    try {
-      const s = statsOf(cache);
-      if (options.json) {
-        process.stdout.write(`${JSON.stringify(s)}\n`);
-        return;
-      }
-      const cap = config.storage.maxSize > 0 ? ` of ${formatBytes(config.storage.maxSize)}` : '';
-      process.stdout.write(
-        `objects:    ${s.objects} (${s.blobs} blobs, ${s.manifests} manifests)\n` +
-          `stored:     ${formatBytes(s.bytes)}${cap}\n` +
-          `requests:   ${s.requests}, hit ratio ${s.hitRatio === undefined ? '-' : `${(s.hitRatio * 100).toFixed(1)}%`}\n` +
-          `served:     ${formatBytes(s.bytesFromCache)} from cache, ${formatBytes(s.bytesFromUpstream)} from upstreams\n`,
-      );
-      if (s.topRepositories.length > 0) {
-        process.stdout.write('\n');
-        printTable(
-          s.topRepositories.map((r) => ({ repository: `${r.upstream}/${r.repo}`, pulls: r.pulls, served: formatBytes(r.bytes), 'last pulled': ago(r.lastPull) })),
-          ['repository', 'pulls', 'served', 'last pulled'],
+  .action(
+    onCache(async (cache, config, options: { json?: boolean }) => {
+      const { statsOf } = await import('./maintenance.js');
+      report(options.json, statsOf(cache), (s) => {
+        const cap = config.storage.maxSize > 0 ? ` of ${formatBytes(config.storage.maxSize)}` : '';
+        process.stdout.write(
+          `objects:    ${s.objects} (${s.blobs} blobs, ${s.manifests} manifests)\n` +
+            `stored:     ${formatBytes(s.bytes)}${cap}\n` +
+            `requests:   ${s.requests}, hit ratio ${s.hitRatio === undefined ? '-' : `${(s.hitRatio * 100).toFixed(1)}%`}\n` +
+            `served:     ${formatBytes(s.bytesFromCache)} from cache, ${formatBytes(s.bytesFromUpstream)} from upstreams\n`,
         );
-      }
-    } finally {
-      cache.close();
-    }
-  });
+        if (s.topRepositories.length > 0) {
+          process.stdout.write('\n');
+          printTable(
+            s.topRepositories.map((r) => ({ repository: `${r.upstream}/${r.repo}`, pulls: r.pulls, served: formatBytes(r.bytes), 'last pulled': ago(r.lastPull) })),
+            ['repository', 'pulls', 'served', 'last pulled'],
+          );
+        }
+      });
+    }),
+  );
 
 withConfigOptions(
   program

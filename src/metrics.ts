@@ -16,27 +16,14 @@ export class MirrorMetrics {
     cacheObjects(): number;
     breakers(): { upstream: string; state: 'closed' | 'open' | 'half-open' }[];
   }): void {
-    new Gauge({
-      name: 'mirror_cache_bytes',
-      help: 'Bytes of verified content in the cache',
-      registers: [this.registry],
-      collect() {
-        this.set(source.cacheBytes());
-      },
-    });
-    new Gauge({
-      name: 'mirror_cache_objects',
-      help: 'Blobs and manifests in the cache',
-      registers: [this.registry],
-      collect() {
-        this.set(source.cacheObjects());
-      },
-    });
+    const registers = [this.registry];
+    new Gauge({ name: 'mirror_cache_bytes', help: 'Bytes of verified content in the cache', registers, collect() { this.set(source.cacheBytes()); } });
+    new Gauge({ name: 'mirror_cache_objects', help: 'Blobs and manifests in the cache', registers, collect() { this.set(source.cacheObjects()); } });
     new Gauge({
       name: 'mirror_upstream_up',
       help: 'Circuit breaker per upstream: 1 closed (up), 0.5 probing, 0 open (marked down)',
       labelNames: ['upstream'] as const,
-      registers: [this.registry],
+      registers,
       collect() {
         for (const b of source.breakers()) this.set({ upstream: b.upstream }, b.state === 'closed' ? 1 : b.state === 'half-open' ? 0.5 : 0);
       },
@@ -54,24 +41,9 @@ export class MirrorMetrics {
     child.inc();
   }
 
-  readonly requests = new Counter({
-    name: 'mirror_http_requests_total',
-    help: 'Requests answered, by route, status and cache outcome',
-    labelNames: ['route', 'status', 'outcome'] as const,
-    registers: [this.registry],
-  });
-  readonly bytesServed = new Counter({
-    name: 'mirror_bytes_served_total',
-    help: 'Body bytes sent to clients, by where they came from (cache or upstream download)',
-    labelNames: ['source'] as const,
-    registers: [this.registry],
-  });
-  readonly upstreamRequests = new Counter({
-    name: 'mirror_upstream_requests_total',
-    help: 'Requests sent to upstream registries, by upstream, kind and status',
-    labelNames: ['upstream', 'kind', 'status'] as const,
-    registers: [this.registry],
-  });
+  readonly requests = this.counter('mirror_http_requests_total', 'Requests answered, by route, status and cache outcome', ['route', 'status', 'outcome']);
+  readonly bytesServed = this.counter('mirror_bytes_served_total', 'Body bytes sent to clients, by where they came from (cache or upstream download)', ['source']);
+  readonly upstreamRequests = this.counter('mirror_upstream_requests_total', 'Requests sent to upstream registries, by upstream, kind and status', ['upstream', 'kind', 'status']);
   readonly upstreamLatency = new Histogram({
     name: 'mirror_upstream_request_seconds',
     help: 'Time until an upstream answered with headers',
@@ -79,37 +51,18 @@ export class MirrorMetrics {
     buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     registers: [this.registry],
   });
-  readonly staleServed = new Counter({
-    name: 'mirror_stale_served_total',
-    help: 'Tag manifests served past their TTL because the upstream could not revalidate them',
-    labelNames: ['upstream', 'reason'] as const,
-    registers: [this.registry],
-  });
-  readonly downloadsInFlight = new Gauge({
-    name: 'mirror_downloads_in_flight',
-    help: 'Blob downloads from upstreams in progress',
-    registers: [this.registry],
-  });
-  readonly digestMismatches = new Counter({
-    name: 'mirror_digest_mismatches_total',
-    help: 'Upstream content refused because it did not match its digest',
-    labelNames: ['upstream'] as const,
-    registers: [this.registry],
-  });
-  readonly evictions = new Counter({
-    name: 'mirror_evictions_total',
-    help: 'Objects evicted from the cache (least recently used first)',
-    registers: [this.registry],
-  });
-  readonly evictedBytes = new Counter({
-    name: 'mirror_evicted_bytes_total',
-    help: 'Bytes evicted from the cache',
-    registers: [this.registry],
-  });
-  readonly rateLimitRemaining = new Gauge({
-    name: 'mirror_upstream_ratelimit_remaining',
-    help: 'The last ratelimit-remaining an upstream reported',
-    labelNames: ['upstream'] as const,
-    registers: [this.registry],
-  });
+  readonly staleServed = this.counter('mirror_stale_served_total', 'Tag manifests served past their TTL because the upstream could not revalidate them', ['upstream', 'reason']);
+  readonly downloadsInFlight = this.gauge('mirror_downloads_in_flight', 'Blob downloads from upstreams in progress');
+  readonly digestMismatches = this.counter('mirror_digest_mismatches_total', 'Upstream content refused because it did not match its digest', ['upstream']);
+  readonly evictions = this.counter('mirror_evictions_total', 'Objects evicted from the cache (least recently used first)');
+  readonly evictedBytes = this.counter('mirror_evicted_bytes_total', 'Bytes evicted from the cache');
+  readonly rateLimitRemaining = this.gauge('mirror_upstream_ratelimit_remaining', 'The last ratelimit-remaining an upstream reported', ['upstream']);
+
+  private counter<L extends string = never>(name: string, help: string, labelNames: readonly L[] = []): Counter<L> {
+    return new Counter<L>({ name, help, labelNames, registers: [this.registry] });
+  }
+
+  private gauge<L extends string = never>(name: string, help: string, labelNames: readonly L[] = []): Gauge<L> {
+    return new Gauge<L>({ name, help, labelNames, registers: [this.registry] });
+  }
 }

@@ -31,8 +31,6 @@ import { UpstreamRegistry } from './upstream/registry.js';
 import { UpstreamSelector, type Route } from './upstream/selector.js';
 import { Upstreams } from './upstream/upstreams.js';
 
-export type { BlobResult, CacheOutcome, ManifestResult, TagList } from './core/results.js';
-
 export interface MirrorOptions {
   config: Config;
   logger: Logger;

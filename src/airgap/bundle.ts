@@ -10,10 +10,9 @@ import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import type { Mirror } from '../mirror.js';
 import { DigestVerifier } from '../oci/digest.js';
-import { childDigests, parseManifest } from '../oci/manifest.js';
+import { childDigests, parseManifest, type Platform } from '../oci/manifest.js';
 import { MediaType } from '../oci/media-types.js';
 import { parseDigest } from '../oci/reference.js';
-import type { Platform } from '../oci/manifest.js';
 import { prewarmOne } from './prewarm.js';
 import { resolveImage, routeReference } from './resolve.js';
 

@@ -3,8 +3,7 @@
 // types, which repository may be served which content, and access times for eviction.
 // Every statement is prepared once; access times are batched, not written per request.
 
-import Database from 'better-sqlite3';
-import type { Statement } from 'better-sqlite3';
+import Database, { type Statement } from 'better-sqlite3';
 
 export interface TagRow {
   upstream: string;

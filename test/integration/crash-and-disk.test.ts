@@ -9,14 +9,11 @@ import { pseudoRandomBytes, sha256, startFakeUpstream, type FakeUpstream } from 
 import { get } from '../fixtures/http-client.js';
 import { startMirror } from '../fixtures/mirror.js';
 import { runCli, startMirrorProcess } from '../fixtures/mirror-process.js';
+import { blobFile } from '../fixtures/storage.js';
+import { waitFor } from '../fixtures/wait.js';
 
 const MiB = 1024 * 1024;
 let upstream: FakeUpstream;
-
-function blobFile(storage: string, digest: string): string {
-  const hex = digest.slice(7);
-  return join(storage, 'blobs', 'sha256', hex.slice(0, 2), hex);
-}
 
 beforeAll(async () => {
   upstream = await startFakeUpstream({ auth: true });
@@ -39,8 +36,7 @@ describe('kill -9 during downloads', () => {
       expect((await get(`${first.url}/v2/team/app/blobs/${committedDigest}`)).status).toBe(200);
       // Start the slow download, let some bytes land, then kill the process outright.
       const cut = get(`${first.url}/v2/team/app/blobs/${partialDigest}`).catch(() => undefined);
-      const until = Date.now() + 10_000;
-      while (readdirSync(join(storage, 'tmp')).length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      await waitFor(() => readdirSync(join(storage, 'tmp')).length > 0, 10_000, 'the download to start');
       await new Promise((r) => setTimeout(r, 500));
       expect(readdirSync(join(storage, 'tmp'))).toHaveLength(1);
       await first.kill('SIGKILL');

@@ -6,6 +6,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { pseudoRandomBytes, sha256, startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
 import { get } from '../fixtures/http-client.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
+import { blobFile } from '../fixtures/storage.js';
+import { waitFor } from '../fixtures/wait.js';
 
 const MiB = 1024 * 1024;
 let upstream: FakeUpstream;
@@ -20,16 +22,7 @@ function coldBlob(size: number): { digest: string; bytes: Buffer; url: string } 
 }
 
 function blobPath(digest: string): string {
-  const hex = digest.slice('sha256:'.length);
-  return join(mirror.storage, 'blobs', 'sha256', hex.slice(0, 2), hex);
-}
-
-async function waitFor(check: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > until) throw new Error('timed out waiting');
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  return blobFile(mirror.storage, digest);
 }
 
 beforeAll(async () => {

@@ -1,6 +1,5 @@
 // Cache lifecycle (issue 6): bounded size with LRU eviction, pins, gc, verify, ls, stats.
 import { existsSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { pseudoRandomBytes, sha256, startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
@@ -8,22 +7,11 @@ import { get } from '../fixtures/http-client.js';
 import { addTinyImage } from '../fixtures/images-fake.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
 import { runCli } from '../fixtures/mirror-process.js';
+import { blobFile } from '../fixtures/storage.js';
+import { waitFor } from '../fixtures/wait.js';
 
 const MiB = 1024 * 1024;
 let upstream: FakeUpstream;
-
-function blobFile(storage: string, digest: string): string {
-  const hex = digest.slice(7);
-  return join(storage, 'blobs', 'sha256', hex.slice(0, 2), hex);
-}
-
-async function until(check: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 beforeAll(async () => {
   upstream = await startFakeUpstream();
@@ -70,7 +58,7 @@ describe('bounded cache', () => {
     const lastDigest = upstream.addBlob(last);
     clock.advance(1000);
     expect((await get(`${mirror.url}/v2/team/app/blobs/${lastDigest}`)).status).toBe(200);
-    await until(() => mirror.mirror.evictor.usageBytes <= 5 * MiB);
+    await waitFor(() => mirror.mirror.evictor.usageBytes <= 5 * MiB);
 
     const evicted = (await mirror.mirror.metrics.evictions.get()).values[0]?.value ?? 0;
     expect(evicted).toBeGreaterThanOrEqual(2);
@@ -108,7 +96,7 @@ describe('maintenance commands', () => {
     expect((await get(`${mirror.url}/v2/team/verified/manifests/v1`)).status).toBe(200);
     expect((await get(`${mirror.url}/v2/team/verified/blobs/${image.layer}`)).status).toBe(200);
     // The response ends once the digest checks; the rename into the store follows a moment later.
-    await until(() => existsSync(blobFile(mirror.storage, image.layer)));
+    await waitFor(() => existsSync(blobFile(mirror.storage, image.layer)));
     writeFileSync(blobFile(mirror.storage, image.layer), 'bit rot');
 
     const r = await runCli(['verify', '--storage', mirror.storage]);

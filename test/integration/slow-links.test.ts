@@ -2,12 +2,12 @@
 // shaping upstream (each connection limited to a fixed rate, with latency), safe fallbacks,
 // an egress proxy, and bandwidth manners.
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { pseudoRandomBytes, sha256, startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
 import { get } from '../fixtures/http-client.js';
 import { startHttpProxy } from '../fixtures/http-proxy.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
+import { blobFile } from '../fixtures/storage.js';
 
 const MiB = 1024 * 1024;
 let upstream: FakeUpstream;
@@ -16,8 +16,7 @@ let single: TestMirror;
 let serial = 0;
 
 function blobPath(m: TestMirror, digest: string): string {
-  const hex = digest.slice(7);
-  return join(m.storage, 'blobs', 'sha256', hex.slice(0, 2), hex);
+  return blobFile(m.storage, digest);
 }
 
 /** The last byte goes out once the digest checks; the fsync and rename into the store follow. */
