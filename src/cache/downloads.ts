@@ -11,7 +11,7 @@
 // bytes) and nothing enters the cache.
 
 import { EventEmitter } from 'node:events';
-import { openSync, read, close } from 'node:fs';
+import { openSync } from 'node:fs';
 import { unlink, type FileHandle } from 'node:fs/promises';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -19,8 +19,9 @@ import type { Logger } from 'pino';
 import { DigestVerifier } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { Digest } from '../oci/reference.js';
-import { READ_CHUNK_BYTES, type BlobStore } from './blob-store.js';
+import type { BlobStore } from './blob-store.js';
 import type { DownloadSource } from './download-source.js';
+import { GrowingFileReader } from './growing-file-reader.js';
 import type { ScratchSpace } from './scratch.js';
 
 /** The upstream cannot be trusted with segments (ignored Range, content changed): use one stream. */
@@ -399,88 +400,6 @@ async function writeAt(handle: FileHandle, chunk: Buffer, position: number): Pro
 function isLocalFsError(err: Error): boolean {
   const code = (err as NodeJS.ErrnoException).code;
   return code === 'ENOSPC' || code === 'EDQUOT' || code === 'EROFS' || code === 'EIO' || code === 'EBADF';
-}
-
-/** Reads a file that another writer is still appending to, waiting for bytes as needed. */
-class GrowingFileReader extends Readable {
-  private position: number;
-  private reading = false;
-  private waiting = false;
-  private released = false;
-
-  constructor(
-    private readonly download: BlobDownload,
-    private readonly fd: number,
-    start: number,
-    private readonly end: number | undefined,
-    private readonly onClose: () => void,
-  ) {
-    super({ highWaterMark: READ_CHUNK_BYTES });
-    this.position = start;
-  }
-
-  private readonly onProgress = (): void => {
-    this.waiting = false;
-    this.pump();
-  };
-
-  override _read(): void {
-    this.pump();
-  }
-
-  private pump(): void {
-    if (this.reading || this.waiting || this.released) return;
-    const d = this.download;
-    if (d.state === 'failed') {
-      this.destroy(d.error ?? new Error('download failed'));
-      return;
-    }
-    const total = d.totalSize;
-    const limit = this.end !== undefined ? this.end + 1 : total;
-    if (limit !== undefined && this.position >= limit) {
-      this.push(null);
-      return;
-    }
-    // The last byte of the blob is held back until the digest is verified: a client must
-    // never receive a complete body whose content turns out wrong (it would keep it).
-    const available = d.state === 'done' || d.verified ? d.written : Math.min(d.written, (total ?? Infinity) - 1);
-    if (this.position >= available) {
-      if (d.state === 'done' || (d.verified && total === undefined)) {
-        this.push(null);
-        return;
-      }
-      this.waiting = true;
-      d.once('progress', this.onProgress);
-      return;
-    }
-    const want = Math.min(READ_CHUNK_BYTES, available - this.position, limit !== undefined ? limit - this.position : Infinity);
-    const buffer = Buffer.allocUnsafe(want);
-    this.reading = true;
-    read(this.fd, buffer, 0, want, this.position, (err, bytesRead) => {
-      this.reading = false;
-      if (this.released) return;
-      if (err) {
-        this.destroy(err);
-        return;
-      }
-      if (bytesRead === 0) {
-        // Should not happen (we only read below `written`); wait for more rather than spin.
-        this.waiting = true;
-        d.once('progress', this.onProgress);
-        return;
-      }
-      this.position += bytesRead;
-      if (this.push(bytesRead === want ? buffer : buffer.subarray(0, bytesRead))) this.pump();
-    });
-  }
-
-  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
-    this.released = true;
-    this.download.off('progress', this.onProgress);
-    close(this.fd, () => undefined);
-    this.onClose();
-    callback(err);
-  }
 }
 
 /** The downloads in flight, one per digest. */

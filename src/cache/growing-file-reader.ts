@@ -1,0 +1,102 @@
+// A reader of a download's temp file while it is still being written: each client that
+// joins a download gets one, with its own fd and position, and reads at its own pace.
+
+import { close, read } from 'node:fs';
+import { Readable } from 'node:stream';
+import { READ_CHUNK_BYTES } from './blob-store.js';
+
+/** What the reader needs to know of the download writing the file (cache/downloads.ts). */
+export interface GrowingFile {
+  readonly state: 'running' | 'committing' | 'done' | 'failed';
+  readonly error: Error | undefined;
+  readonly totalSize: number | undefined;
+  /** The whole blob is written and matches its digest. */
+  readonly verified: boolean;
+  /** Contiguous bytes written (and hashed) so far. */
+  readonly written: number;
+  /** 'progress' is emitted whenever any of the above changes. */
+  once(event: 'progress', listener: () => void): unknown;
+  off(event: 'progress', listener: () => void): unknown;
+}
+
+/** Reads a file that another writer is still appending to, waiting for bytes as needed. */
+export class GrowingFileReader extends Readable {
+  private position: number;
+  private reading = false;
+  private waiting = false;
+  private released = false;
+
+  constructor(
+    private readonly download: GrowingFile,
+    private readonly fd: number,
+    start: number,
+    private readonly end: number | undefined,
+    private readonly onClose: () => void,
+  ) {
+    super({ highWaterMark: READ_CHUNK_BYTES });
+    this.position = start;
+  }
+
+  private readonly onProgress = (): void => {
+    this.waiting = false;
+    this.pump();
+  };
+
+  override _read(): void {
+    this.pump();
+  }
+
+  private pump(): void {
+    if (this.reading || this.waiting || this.released) return;
+    const d = this.download;
+    if (d.state === 'failed') {
+      this.destroy(d.error ?? new Error('download failed'));
+      return;
+    }
+    const total = d.totalSize;
+    const limit = this.end !== undefined ? this.end + 1 : total;
+    if (limit !== undefined && this.position >= limit) {
+      this.push(null);
+      return;
+    }
+    // The last byte of the blob is held back until the digest is verified: a client must
+    // never receive a complete body whose content turns out wrong (it would keep it).
+    const available = d.state === 'done' || d.verified ? d.written : Math.min(d.written, (total ?? Infinity) - 1);
+    if (this.position >= available) {
+      if (d.state === 'done' || (d.verified && total === undefined)) {
+        this.push(null);
+        return;
+      }
+      this.waiting = true;
+      d.once('progress', this.onProgress);
+      return;
+    }
+    const want = Math.min(READ_CHUNK_BYTES, available - this.position, limit !== undefined ? limit - this.position : Infinity);
+    const buffer = Buffer.allocUnsafe(want);
+    this.reading = true;
+    read(this.fd, buffer, 0, want, this.position, (err, bytesRead) => {
+      this.reading = false;
+      if (this.released) return;
+      if (err) {
+        this.destroy(err);
+        return;
+      }
+      if (bytesRead === 0) {
+        // Should not happen (we only read below `written`); wait for more rather than spin.
+        this.waiting = true;
+        d.once('progress', this.onProgress);
+        return;
+      }
+      this.position += bytesRead;
+      if (this.push(bytesRead === want ? buffer : buffer.subarray(0, bytesRead))) this.pump();
+    });
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.released = true;
+    this.download.off('progress', this.onProgress);
+    close(this.fd, () => undefined);
+    this.onClose();
+    callback(err);
+  }
+}
