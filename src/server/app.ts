@@ -122,6 +122,7 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
 
 async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState): Promise<void> {
   const { req, res } = ctx;
+  checkFraming(req, res);
   if (ctx.path === '/healthz') return sendText(res, 200, 'ok\n');
   if (ctx.path === '/readyz') {
     const problem = state.shuttingDown ? 'shutting down' : await mirror.readiness();
@@ -174,6 +175,20 @@ async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState)
     case 'referrers':
       throw new RegistryError('UNSUPPORTED', 'the referrers API is not served by this mirror yet', { status: 404 });
   }
+}
+
+/**
+ * Requests Node's parser lets through that RFC 9112 says to refuse: another HTTP major
+ * version (an `HTTP/2.0` or HTTP/0.9 request line on this socket) and a Transfer-Encoding
+ * whose last coding is not chunked (the body's length cannot be known). 400, and the
+ * connection is closed: what follows on it cannot be trusted to be a request.
+ */
+function checkFraming(req: IncomingMessage, res: ServerResponse): void {
+  const te = req.headers['transfer-encoding'];
+  const badVersion = req.httpVersionMajor !== 1;
+  if (!badVersion && (te === undefined || /(?:^|,)\s*chunked\s*$/i.test(te))) return;
+  res.setHeader('Connection', 'close');
+  throw new RegistryError('UNSUPPORTED', badVersion ? `HTTP/${req.httpVersion} is not supported` : `Transfer-Encoding "${te}" cannot be framed`, { status: 400 });
 }
 
 function sendText(res: ServerResponse, status: number, text: string): void {
