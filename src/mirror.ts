@@ -83,7 +83,7 @@ export class Mirror {
       config: this.config, logger: this.logger, clock: this.clock, metrics: this.metrics, selector: this.selector,
       upstreams: this.upstreams, store: this.store, scratch: this.scratch, index: this.index, downloads: this.downloads, evictor: this.evictor,
     } = parts);
-    this.flushTimer = setInterval(() => this.index.flushAccessTimes(), ACCESS_FLUSH_MS);
+    this.flushTimer = setInterval(() => this.flushIndex(), ACCESS_FLUSH_MS);
     this.flushTimer.unref();
   }
 
@@ -104,6 +104,19 @@ export class Mirror {
     return this.parts.tagLists.list(route, clientName, n, last);
   }
 
+  /**
+   * Write the batched access times and request stats. The index failing (a full disk,
+   * SQLITE_BUSY) is logged and the batch kept for the next tick: background bookkeeping
+   * must never take the mirror down, least of all when the disk is full.
+   */
+  flushIndex(): void {
+    try {
+      this.index.flushAccessTimes();
+    } catch (err) {
+      this.logger.error({ err: (err as Error).message }, 'could not write access times to the index; keeping them for the next try');
+    }
+  }
+
   /** Why the mirror cannot serve now (storage not writable, index closed), or undefined when ready. */
   async readiness(): Promise<string | undefined> {
     try {
@@ -119,6 +132,7 @@ export class Mirror {
 
   async close(): Promise<void> {
     clearInterval(this.flushTimer);
+    this.flushIndex();
     this.downloads.abortAll('mirror shutting down');
     await this.downloads.settled();
     await Promise.all([this.upstreams.close(), this.parts.peers?.close()]);
@@ -145,7 +159,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   // Eviction needs to know what is busy and to drop in-memory copies: it is told through
   // callbacks, since those parts are built after it.
   let blobs: BlobService | undefined;
-  const tags = new TagCache(index);
+  const tags = new TagCache(index, logger);
   let manifestCache: ManifestCache | undefined;
   const evictor = new Evictor(
     store, index, config.storage, logger, () => clock.now(),
@@ -168,7 +182,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
       evictor.added(size);
     },
   });
-  const access = new RepositoryAccess(index, upstreams, config.offline);
+  const access = new RepositoryAccess(index, upstreams, config.offline, logger);
   const peers = config.cluster ? new Peers(config.cluster, config.timeouts, logger) : undefined;
   blobs = new BlobService({
     offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, recordAccess,

@@ -257,21 +257,21 @@ export class CacheIndex {
 
   flushAccessTimes(): number {
     if (this.pendingAccess.size === 0 && this.pendingCounters.size === 0 && this.pendingRepos.size === 0) return 0;
-    const entries = [...this.pendingAccess];
-    const counters = [...this.pendingCounters];
-    const repos = [...this.pendingRepos.values()];
-    this.pendingAccess.clear();
-    this.pendingCounters.clear();
-    this.pendingRepos.clear();
+    // One transaction; the batch is dropped only once it is written (a full disk or a busy
+    // database leaves it for the next flush).
     this.db.transaction(() => {
-      for (const [digest, at] of entries) {
+      for (const [digest, at] of this.pendingAccess) {
         this.s.touchBlob.run(at, digest);
         this.s.touchManifest.run(at, digest);
       }
-      for (const [name, value] of counters) this.s.addCounter.run(name, value);
-      for (const r of repos) this.s.addRepoStats.run(r.upstream, r.repo, r.pulls, r.bytes, r.lastPull);
+      for (const [name, value] of this.pendingCounters) this.s.addCounter.run(name, value);
+      for (const r of this.pendingRepos.values()) this.s.addRepoStats.run(r.upstream, r.repo, r.pulls, r.bytes, r.lastPull);
     })();
-    return entries.length;
+    const written = this.pendingAccess.size;
+    this.pendingAccess.clear();
+    this.pendingCounters.clear();
+    this.pendingRepos.clear();
+    return written;
   }
 
   // ------------------------------------------------------------ lifecycle (gc, verify, ls, stats)

@@ -2,6 +2,7 @@
 // index's tags table, with the hot ones in memory in front of SQLite.
 
 import { LRUCache } from 'lru-cache';
+import type { Logger } from 'pino';
 import type { CacheIndex, TagRow } from './index.js';
 
 export interface TagKey {
@@ -15,7 +16,19 @@ export interface TagKey {
 export class TagCache {
   private readonly hot = new LRUCache<string, TagRow>({ max: 20_000 });
 
-  constructor(private readonly index: CacheIndex) {}
+  constructor(
+    private readonly index: CacheIndex,
+    private readonly logger: Logger,
+  ) {}
+
+  /** An index write that fails (disk full, busy) is logged; the in-memory row still serves. */
+  private write(what: string, row: TagRow, work: () => void): void {
+    try {
+      work();
+    } catch (err) {
+      this.logger.error({ upstream: row.upstream, repository: row.repo, tag: row.tag, err: (err as Error).message }, `could not ${what} in the index`);
+    }
+  }
 
   static keyOf(k: TagKey): string {
     return `${k.upstream}\u0000${k.repo}\u0000${k.tag}\u0000${k.accept}`;
@@ -39,15 +52,15 @@ export class TagCache {
   /** The tag still points where it did: trust it until `expiresAt`. */
   touch(row: TagRow, checkedAt: number, expiresAt: number): TagRow {
     const updated: TagRow = { ...row, checkedAt, expiresAt };
-    this.index.touchTag(row.upstream, row.repo, row.tag, row.accept, checkedAt, expiresAt);
+    this.write('extend a tag', row, () => this.index.touchTag(row.upstream, row.repo, row.tag, row.accept, checkedAt, expiresAt));
     this.hot.set(TagCache.keyOf(row), updated);
     return updated;
   }
 
   /** The upstream says the tag is gone (under every Accept). */
   delete(row: TagRow): void {
-    this.index.deleteTag(row.upstream, row.repo, row.tag);
     this.hot.delete(TagCache.keyOf(row));
+    this.write('delete a tag', row, () => this.index.deleteTag(row.upstream, row.repo, row.tag));
   }
 
   /** Drop in-memory rows that point at content that left the store. */

@@ -5,6 +5,7 @@
 // repository's layer by guessing its digest under another name.
 
 import { LRUCache } from 'lru-cache';
+import type { Logger } from 'pino';
 import type { CacheIndex } from '../cache/index.js';
 import { parseContentLength } from '../http/headers.js';
 import { negotiateAccept } from '../oci/media-types.js';
@@ -24,6 +25,7 @@ export class RepositoryAccess {
     private readonly index: CacheIndex,
     private readonly upstreams: Upstreams,
     private readonly offline: boolean,
+    private readonly logger: Logger,
   ) {}
 
   isLinked(route: Route, digest: string): boolean {
@@ -36,10 +38,17 @@ export class RepositoryAccess {
     return false;
   }
 
-  /** Record that `route`'s repository contains `digest`. */
+  /**
+   * Record that `route`'s repository contains `digest`. Held in memory even when the index
+   * cannot take it (disk full): serving what is cached never depends on an index write.
+   */
   link(route: Route, digest: string): void {
-    this.index.putLink(route.upstream.name, route.repository, digest);
     this.remember(route, digest);
+    try {
+      this.index.putLink(route.upstream.name, route.repository, digest);
+    } catch (err) {
+      this.logger.error({ upstream: route.upstream.name, repository: route.repository, digest, err: (err as Error).message }, 'could not record a repository link in the index');
+    }
   }
 
   /** A link the index already holds (written with its manifest): keep it in memory too. */

@@ -26,7 +26,7 @@ export interface StatusData {
 }
 
 export function statusData(mirror: Mirror, recent: RecentPull[]): StatusData {
-  mirror.index.flushAccessTimes();
+  mirror.flushIndex();
   const usage = mirror.index.usage();
   const counters = mirror.index.counters();
   const hits = (counters['requests.hit'] ?? 0) + (counters['requests.revalidated'] ?? 0) + (counters['requests.stale'] ?? 0);
