@@ -24,7 +24,7 @@ import { BlobService } from './core/blob-service.js';
 import { ManifestService } from './core/manifest-service.js';
 import { RepositoryAccess } from './core/repository-access.js';
 import type { BlobResult, ManifestResult, TagList } from './core/results.js';
-import { TagListService } from './core/tag-list-service.js';
+import { TagListService, type TagPageRequest } from './core/tag-list-service.js';
 import { MirrorMetrics } from './metrics.js';
 import { parseDigest, type Digest, type ManifestReference } from './oci/reference.js';
 import { UpstreamRegistry } from './upstream/registry.js';
@@ -102,8 +102,8 @@ export class Mirror {
     return this.parts.blobs.stat(route, digest);
   }
 
-  listTags(route: Route, clientName: string, n: number | undefined, last: string | undefined): Promise<TagList> {
-    return this.parts.tagLists.list(route, clientName, n, last);
+  listTags(route: Route, clientName: string, page: TagPageRequest): Promise<TagList> {
+    return this.parts.tagLists.list(route, clientName, page);
   }
 
   /** Why the mirror cannot serve now (storage not writable, index closed), or undefined when ready. */
