@@ -21,6 +21,7 @@ import { systemClock, type Clock } from './clock.js';
 import { Peers } from './cluster/peer-source.js';
 import type { Config } from './config.js';
 import { BlobService } from './core/blob-service.js';
+import { CatalogService, type CatalogPage } from './core/catalog-service.js';
 import { ManifestService } from './core/manifest-service.js';
 import { RepositoryAccess } from './core/repository-access.js';
 import type { BlobResult, ManifestResult, TagList } from './core/results.js';
@@ -59,6 +60,7 @@ interface MirrorParts {
   manifests: ManifestService;
   blobs: BlobService;
   tagLists: TagListService;
+  catalog: CatalogService;
   peers: Peers | undefined;
 }
 
@@ -104,6 +106,11 @@ export class Mirror {
 
   listTags(route: Route, clientName: string, page: TagPageRequest): Promise<TagList> {
     return this.parts.tagLists.list(route, clientName, page);
+  }
+
+  /** The repositories the mirror holds, as clients name them (GET /v2/_catalog). */
+  catalog(n: number | undefined, last: string | undefined): CatalogPage {
+    return this.parts.catalog.list(n, last);
   }
 
   /** Why the mirror cannot serve now (storage not writable, index closed), or undefined when ready. */
@@ -177,6 +184,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   });
   const manifests = new ManifestService({ config, manifests: manifestCache, tags, access, upstreams, metrics, logger, clock, recordAccess });
   const tagLists = new TagListService(index, upstreams, config.offline);
+  const catalog = new CatalogService(index, registries.map((r) => r.name), fallback.name);
 
   metrics.observe({
     cacheBytes: () => evictor.usageBytes,
@@ -187,6 +195,6 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     breakers: () => upstreams.all().map((c) => ({ upstream: c.registry.name, state: c.breaker.state })),
   });
   return new Mirror({
-    config, logger, clock, metrics, selector, upstreams, store, scratch, index, downloads, evictor, manifests, blobs, tagLists, peers,
+    config, logger, clock, metrics, selector, upstreams, store, scratch, index, downloads, evictor, manifests, blobs, tagLists, catalog, peers,
   });
 }
