@@ -5,6 +5,8 @@
 //   core/blob-service.ts       blobs: hits, single-flight downloads, pass-through
 //   core/tag-list-service.ts   tags/list
 //   core/repository-access.ts  which repository may be served which digest
+//   core/catalog-service.ts    /v2/_catalog from the index
+//   core/manifest-as-blob.ts   a manifest digest asked for as a blob
 
 import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -22,6 +24,7 @@ import { Peers } from './cluster/peer-source.js';
 import type { Config } from './config.js';
 import { BlobService } from './core/blob-service.js';
 import { CatalogService, type CatalogPage } from './core/catalog-service.js';
+import { blobOrManifest } from './core/manifest-as-blob.js';
 import { ManifestService } from './core/manifest-service.js';
 import { RepositoryAccess } from './core/repository-access.js';
 import type { BlobResult, ManifestResult, TagList } from './core/results.js';
@@ -95,13 +98,14 @@ export class Mirror {
     return this.parts.manifests.get(route, reference, accept);
   }
 
+  /** A blob, or a manifest asked for as a blob (containerd does). */
   getBlob(route: Route, digest: Digest, options: { fromPeer?: boolean } = {}): Promise<BlobResult> {
-    return this.parts.blobs.get(route, digest, options);
+    return blobOrManifest(this.parts.manifests, route, digest, () => this.parts.blobs.get(route, digest, options));
   }
 
   /** What a HEAD needs: the size, without starting a download. */
   statBlob(route: Route, digest: Digest): Promise<BlobResult> {
-    return this.parts.blobs.stat(route, digest);
+    return blobOrManifest(this.parts.manifests, route, digest, () => this.parts.blobs.stat(route, digest));
   }
 
   listTags(route: Route, clientName: string, page: TagPageRequest): Promise<TagList> {
