@@ -140,6 +140,8 @@ const configSchema = z.strictObject({
     .optional(),
   /** Never contact an upstream; serve only what is cached. */
   offline: z.boolean().prefault(false),
+  /** Answer GET /v2/_catalog with the repositories the mirror holds (behind client auth when on); false = 404 UNSUPPORTED. */
+  catalog: z.boolean().prefault(true),
   /** Tag TTL for upstreams that do not set their own. */
   ttl: duration.prefault('10m'),
   /** The upstream for requests that name none (no ?ns=, no host prefix). */
@@ -241,6 +243,7 @@ export interface Config {
   };
   log: ParsedConfig['log'];
   offline: boolean;
+  catalog: boolean;
   defaultUpstream: string;
   upstreams: UpstreamConfig[];
   timeouts: { connectMs: number; headersMs: number; bodyIdleMs: number };
@@ -442,6 +445,7 @@ export function buildConfig(
     },
     log: parsed.log,
     offline: parsed.offline,
+    catalog: parsed.catalog,
     defaultUpstream: parsed.defaultUpstream,
     upstreams,
     timeouts: { connectMs: parsed.timeouts.connect, headersMs: parsed.timeouts.headers, bodyIdleMs: parsed.timeouts.bodyIdle },

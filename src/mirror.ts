@@ -5,6 +5,8 @@
 //   core/blob-service.ts       blobs: hits, single-flight downloads, pass-through
 //   core/tag-list-service.ts   tags/list
 //   core/repository-access.ts  which repository may be served which digest
+//   core/catalog-service.ts    /v2/_catalog from the index
+//   core/manifest-as-blob.ts   a manifest digest asked for as a blob
 
 import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -21,10 +23,12 @@ import { systemClock, type Clock } from './clock.js';
 import { Peers } from './cluster/peer-source.js';
 import type { Config } from './config.js';
 import { BlobService } from './core/blob-service.js';
+import { CatalogService, type CatalogPage } from './core/catalog-service.js';
+import { blobOrManifest } from './core/manifest-as-blob.js';
 import { ManifestService } from './core/manifest-service.js';
 import { RepositoryAccess } from './core/repository-access.js';
 import type { BlobResult, ManifestResult, TagList } from './core/results.js';
-import { TagListService } from './core/tag-list-service.js';
+import { TagListService, type TagPageRequest } from './core/tag-list-service.js';
 import { MirrorMetrics } from './metrics.js';
 import { parseDigest, type Digest, type ManifestReference } from './oci/reference.js';
 import { UpstreamRegistry } from './upstream/registry.js';
@@ -57,6 +61,7 @@ interface MirrorParts {
   manifests: ManifestService;
   blobs: BlobService;
   tagLists: TagListService;
+  catalog: CatalogService;
   peers: Peers | undefined;
 }
 
@@ -91,17 +96,23 @@ export class Mirror {
     return this.parts.manifests.get(route, reference, accept);
   }
 
+  /** A blob, or a manifest asked for as a blob (containerd does). */
   getBlob(route: Route, digest: Digest, options: { fromPeer?: boolean } = {}): Promise<BlobResult> {
-    return this.parts.blobs.get(route, digest, options);
+    return blobOrManifest(this.parts.manifests, route, digest, () => this.parts.blobs.get(route, digest, options));
   }
 
   /** What a HEAD needs: the size, without starting a download. */
   statBlob(route: Route, digest: Digest): Promise<BlobResult> {
-    return this.parts.blobs.stat(route, digest);
+    return blobOrManifest(this.parts.manifests, route, digest, () => this.parts.blobs.stat(route, digest));
   }
 
-  listTags(route: Route, clientName: string, n: number | undefined, last: string | undefined): Promise<TagList> {
-    return this.parts.tagLists.list(route, clientName, n, last);
+  listTags(route: Route, clientName: string, page: TagPageRequest): Promise<TagList> {
+    return this.parts.tagLists.list(route, clientName, page);
+  }
+
+  /** The repositories the mirror holds, as clients name them (GET /v2/_catalog). */
+  catalog(n: number | undefined, last: string | undefined): CatalogPage {
+    return this.parts.catalog.list(n, last);
   }
 
   /**
@@ -189,6 +200,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   });
   const manifests = new ManifestService({ config, manifests: manifestCache, tags, access, upstreams, metrics, logger, clock, recordAccess });
   const tagLists = new TagListService(index, upstreams, config.offline);
+  const catalog = new CatalogService(index, registries.map((r) => r.name), fallback.name);
 
   metrics.observe({
     cacheBytes: () => evictor.usageBytes,
@@ -199,6 +211,6 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     breakers: () => upstreams.all().map((c) => ({ upstream: c.registry.name, state: c.breaker.state })),
   });
   return new Mirror({
-    config, logger, clock, metrics, selector, upstreams, store, scratch, index, downloads, evictor, manifests, blobs, tagLists, peers,
+    config, logger, clock, metrics, selector, upstreams, store, scratch, index, downloads, evictor, manifests, blobs, tagLists, catalog, peers,
   });
 }

@@ -98,6 +98,7 @@ export class CacheIndex {
     touchTag: Statement<[number, number, string, string, string, string]>;
     deleteTag: Statement<[string, string, string]>;
     tagsOf: Statement<[string, string], { tag: string }>;
+    repositories: Statement<[], { upstream: string; repo: string }>;
     getManifest: Statement<[string], { digest: string; media_type: string; size: number }>;
     putManifest: Statement<[string, string, number, number, number]>;
     putBlob: Statement<[string, number, number, number]>;
@@ -131,6 +132,7 @@ export class CacheIndex {
       touchTag: db.prepare('UPDATE tags SET checked_at = ?, expires_at = ? WHERE upstream = ? AND repo = ? AND tag = ? AND accept = ?'),
       deleteTag: db.prepare('DELETE FROM tags WHERE upstream = ? AND repo = ? AND tag = ?'),
       tagsOf: db.prepare('SELECT DISTINCT tag FROM tags WHERE upstream = ? AND repo = ? ORDER BY tag'),
+      repositories: db.prepare('SELECT upstream, repo FROM tags UNION SELECT upstream, repo FROM links ORDER BY upstream, repo'),
       getManifest: db.prepare('SELECT digest, media_type, size FROM manifests WHERE digest = ?'),
       putManifest: db.prepare(
         `INSERT INTO manifests (digest, media_type, size, created_at, last_access) VALUES (?, ?, ?, ?, ?)
@@ -189,6 +191,11 @@ export class CacheIndex {
 
   tagsOf(upstream: string, repo: string): string[] {
     return this.s.tagsOf.all(upstream, repo).map((r) => r.tag);
+  }
+
+  /** Every repository the mirror holds something of (tags or links), per upstream. */
+  repositories(): { upstream: string; repo: string }[] {
+    return this.s.repositories.all();
   }
 
   getManifest(digest: string): ManifestRow | undefined {

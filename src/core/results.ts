@@ -28,7 +28,7 @@ export interface BlobResult {
 export interface TagList {
   name: string;
   tags: string[];
-  /** The last tag returned when more may follow (for the Link header). */
-  next: string | undefined;
+  /** The query (without ns) of the next page when more may follow, for the Link header that points back at the mirror. */
+  next: URLSearchParams | undefined;
   outcome: CacheOutcome;
 }

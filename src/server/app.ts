@@ -10,6 +10,7 @@ import { RegistryError } from '../oci/errors.js';
 import type { Mirror } from '../mirror.js';
 import { PEER_HEADER } from '../cluster/peer-source.js';
 import { handleBlob } from './handlers/blobs.js';
+import { handleCatalog } from './handlers/catalog.js';
 import { handleManifest } from './handlers/manifests.js';
 import { handleTags } from './handlers/tags.js';
 import { matchApiPath } from './api-paths.js';
@@ -171,7 +172,7 @@ async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState)
     case 'tags':
       return handleTags(mirror, ctx, api.name);
     case 'catalog':
-      throw new RegistryError('UNSUPPORTED', 'the catalog is not served by this mirror', { status: 404 });
+      return handleCatalog(mirror, ctx);
     case 'referrers':
       throw new RegistryError('UNSUPPORTED', 'the referrers API is not served by this mirror yet', { status: 404 });
   }
@@ -255,6 +256,7 @@ function routeLabel(path: string): string {
     if (path.includes('/manifests/')) return 'manifest';
     if (path.includes('/blobs/')) return 'blob';
     if (path.endsWith('/tags/list')) return 'tags';
+    if (path === '/v2/_catalog') return 'catalog';
     return 'base';
   }
   return path === '/metrics' || path === '/healthz' || path === '/readyz' ? path.slice(1) : 'other';

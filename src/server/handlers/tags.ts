@@ -17,7 +17,9 @@ export async function handleTags(mirror: Mirror, ctx: RequestContext, name: stri
   if (last !== undefined && last !== '' && !isValidTag(last)) {
     throw new RegistryError('UNSUPPORTED', 'last must be a tag', { status: 400, detail: { last } });
   }
-  const list = await mirror.listTags(route, name, n, last || undefined);
+  // Anything else but ns (an upstream's page token, Quay's next_page) goes to the upstream as is.
+  const forward = [...ctx.query].filter(([k]) => k !== 'n' && k !== 'last' && k !== 'ns');
+  const list = await mirror.listTags(route, name, { n, last: last || undefined, forward });
   ctx.outcome = list.outcome;
   const body = JSON.stringify({ name: list.name, tags: list.tags });
   const { res } = ctx;
@@ -25,9 +27,8 @@ export async function handleTags(mirror: Mirror, ctx: RequestContext, name: stri
   res.setHeader('Content-Type', 'application/json');
   res.setHeader('Content-Length', Buffer.byteLength(body));
   if (list.next !== undefined) {
-    const params = new URLSearchParams();
-    if (n !== undefined) params.set('n', String(n));
-    params.set('last', list.next);
+    // RFC 8288, aimed at the mirror whoever paged: the client's next request comes here.
+    const params = new URLSearchParams(list.next);
     const ns = ctx.query.get('ns');
     if (ns) params.set('ns', ns);
     res.setHeader('Link', `</v2/${name}/tags/list?${params}>; rel="next"`);
