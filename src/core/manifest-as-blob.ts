@@ -22,10 +22,10 @@ export async function blobOrManifest(manifests: ManifestService, route: Route, d
     let manifest;
     try {
       manifest = await manifests.get(route, { kind: 'digest', digest }, undefined);
-    } catch (manifestError) {
-      // Not a manifest either: the client asked for a blob, and it is unknown.
-      if (manifestError instanceof RegistryError && manifestError.status === 404) throw err;
-      throw manifestError;
+    } catch {
+      // Not a manifest either (or the manifest endpoint failed on it: distribution answers
+      // 500 for some digests there): the client asked for a blob, and it is unknown.
+      throw err;
     }
     const { bytes } = manifest;
     return {
