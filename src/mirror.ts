@@ -175,7 +175,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   blobs = new BlobService({
     offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, recordAccess,
   });
-  const manifests = new ManifestService({ config, manifests: manifestCache, tags, access, upstreams, metrics, logger, clock, recordAccess });
+  const manifests = new ManifestService({ config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, recordAccess });
   const tagLists = new TagListService(index, upstreams, config.offline);
 
   metrics.observe({

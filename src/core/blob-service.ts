@@ -118,7 +118,7 @@ export class BlobService {
     void download.finished
       .then(() => access.link(route, digest.value))
       .catch((err: unknown) => {
-        if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') metrics.digestMismatches.inc({ upstream: route.upstream.name });
+        if (err instanceof RegistryError && err.code === 'DIGEST_INVALID' && err.status >= 500) metrics.digestMismatches.inc({ upstream: route.upstream.name });
       })
       .finally(() => metrics.downloadsInFlight.dec());
     return download;

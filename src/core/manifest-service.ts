@@ -5,7 +5,7 @@
 
 import type { Logger } from 'pino';
 import { expiryFrom, tagFreshness } from '../cache/freshness.js';
-import type { TagRow } from '../cache/index.js';
+import type { CacheIndex, TagRow } from '../cache/index.js';
 import type { ManifestCache, StoredManifest } from '../cache/manifest-cache.js';
 import { TagCache } from '../cache/tag-cache.js';
 import type { Clock } from '../clock.js';
@@ -37,6 +37,8 @@ type Negotiated = { key: string; types: string[] };
 export interface ManifestServiceDeps {
   config: Pick<Config, 'offline' | 'revalidation'>;
   manifests: ManifestCache;
+  /** What the store holds as a blob and what as a manifest. */
+  index: Pick<CacheIndex, 'getBlob' | 'getManifest'>;
   tags: TagCache;
   access: RepositoryAccess;
   upstreams: Upstreams;
@@ -181,7 +183,18 @@ export class ManifestService {
       path: `/v2/${route.repository}/manifests/${reference}`,
       headers: { accept: negotiated.types.join(', ') },
     });
-    if (response.status !== 200) throw await upstreamError(route, response, 'manifest', reference);
+    if (response.status !== 200) {
+      const error = await upstreamError(route, response, 'manifest', reference);
+      // distribution answers 500 to a layer's digest asked as a manifest; when we hold that
+      // digest as a blob (and not as a manifest) it is no manifest: say so, and clients
+      // (containerd) try /blobs/ next.
+      if (response.status >= 500 && tagAccept === undefined && this.deps.index.getBlob(reference) && !this.deps.index.getManifest(reference)) {
+        throw new RegistryError('MANIFEST_UNKNOWN', `${reference} is a blob, not a manifest`, {
+          detail: { upstream: route.upstream.name, repository: route.repository, digest: reference, upstreamStatus: response.status },
+        });
+      }
+      throw error;
+    }
     const bytes = await readLimited(response.body, MAX_MANIFEST_BYTES).catch((err: unknown) => {
       throw new RegistryError('MANIFEST_INVALID', `manifest from ${route.upstream.name} is unreadable: ${(err as Error).message}`, {
         status: 502,
