@@ -21,6 +21,7 @@ import { systemClock, type Clock } from './clock.js';
 import { Peers } from './cluster/peer-source.js';
 import type { Config } from './config.js';
 import { BlobService } from './core/blob-service.js';
+import { ClientMissBudget } from './core/client-budget.js';
 import { ManifestService } from './core/manifest-service.js';
 import { RepositoryAccess } from './core/repository-access.js';
 import type { BlobResult, ManifestResult, TagList } from './core/results.js';
@@ -89,21 +90,24 @@ export class Mirror {
     this.flushTimer.unref();
   }
 
-  getManifest(route: Route, reference: ManifestReference, accept: string | string[] | undefined): Promise<ManifestResult> {
-    return this.parts.manifests.get(route, reference, accept);
+  // `client` (the requester's address) spends that client's budget of upstream misses;
+  // without it (the CLI, a peer replica) nothing is counted.
+
+  getManifest(route: Route, reference: ManifestReference, accept: string | string[] | undefined, options: { client?: string } = {}): Promise<ManifestResult> {
+    return this.parts.manifests.get(route, reference, accept, options.client);
   }
 
-  getBlob(route: Route, digest: Digest, options: { fromPeer?: boolean } = {}): Promise<BlobResult> {
+  getBlob(route: Route, digest: Digest, options: { fromPeer?: boolean; client?: string } = {}): Promise<BlobResult> {
     return this.parts.blobs.get(route, digest, options);
   }
 
   /** What a HEAD needs: the size, without starting a download. */
-  statBlob(route: Route, digest: Digest): Promise<BlobResult> {
-    return this.parts.blobs.stat(route, digest);
+  statBlob(route: Route, digest: Digest, options: { client?: string } = {}): Promise<BlobResult> {
+    return this.parts.blobs.stat(route, digest, options);
   }
 
-  listTags(route: Route, clientName: string, n: number | undefined, last: string | undefined): Promise<TagList> {
-    return this.parts.tagLists.list(route, clientName, n, last);
+  listTags(route: Route, clientName: string, n: number | undefined, last: string | undefined, options: { client?: string } = {}): Promise<TagList> {
+    return this.parts.tagLists.list(route, clientName, n, last, options.client);
   }
 
   /** Why the mirror cannot serve now (storage not writable, index closed), or undefined when ready. */
@@ -171,12 +175,13 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     },
   });
   const access = new RepositoryAccess(index, upstreams, config.offline);
+  const budget = new ClientMissBudget(config.clientMisses.perMinute, clock);
   const peers = config.cluster ? new Peers(config.cluster, config.timeouts, logger) : undefined;
   blobs = new BlobService({
-    offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, recordAccess,
+    offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
   });
-  const manifests = new ManifestService({ config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, recordAccess });
-  const tagLists = new TagListService(index, upstreams, config.offline);
+  const manifests = new ManifestService({ config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, budget, recordAccess });
+  const tagLists = new TagListService(index, upstreams, config.offline, budget);
 
   metrics.observe({
     cacheBytes: () => evictor.usageBytes,

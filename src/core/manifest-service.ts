@@ -23,6 +23,7 @@ import { TokenBucket } from '../upstream/rate-limiter.js';
 import type { Route } from '../upstream/selector.js';
 import { isUpstreamTrouble, upstreamError } from '../upstream/status-errors.js';
 import type { Upstreams } from '../upstream/upstreams.js';
+import type { ClientMissBudget } from './client-budget.js';
 import { offlineMiss } from './offline.js';
 import type { RepositoryAccess } from './repository-access.js';
 import type { ManifestResult } from './results.js';
@@ -45,6 +46,8 @@ export interface ManifestServiceDeps {
   metrics: MirrorMetrics;
   logger: Logger;
   clock: Clock;
+  /** Each client's budget of upstream misses. */
+  budget: ClientMissBudget;
   /** Note an access for eviction's LRU (batched by the index). */
   recordAccess(digest: string): void;
 }
@@ -61,11 +64,12 @@ export class ManifestService {
     }
   }
 
-  async get(route: Route, reference: ManifestReference, accept: string | string[] | undefined): Promise<ManifestResult> {
-    return reference.kind === 'digest' ? this.byDigest(route, reference.digest) : this.byTag(route, reference.tag, accept);
+  /** `client`: the address whose budget of upstream misses a miss spends (none: not counted). */
+  async get(route: Route, reference: ManifestReference, accept: string | string[] | undefined, client?: string): Promise<ManifestResult> {
+    return reference.kind === 'digest' ? this.byDigest(route, reference.digest, client) : this.byTag(route, reference.tag, accept, client);
   }
 
-  private async byDigest(route: Route, digest: Digest): Promise<ManifestResult> {
+  private async byDigest(route: Route, digest: Digest, client: string | undefined): Promise<ManifestResult> {
     const { manifests, access, config } = this.deps;
     const stored = await manifests.get(digest);
     if (stored) {
@@ -74,12 +78,15 @@ export class ManifestService {
       return { ...stored, outcome: 'hit' };
     }
     if (config.offline) throw offlineMiss('MANIFEST_UNKNOWN', route, digest.value);
-    return this.flights.run(`m\u0000${route.upstream.name}\u0000${route.repository}\u0000${digest.value}`, () =>
+    const flight = `m\u0000${route.upstream.name}\u0000${route.repository}\u0000${digest.value}`;
+    // Joining a fetch that is already running costs the upstream nothing.
+    if (!this.flights.has(flight)) this.deps.budget.charge(client);
+    return this.flights.run(flight, () =>
       this.fetch(route, digest.value, undefined, { key: 'all', types: negotiateAccept(undefined, route.upstream.allowSchema1).types }),
     );
   }
 
-  private async byTag(route: Route, tag: string, accept: string | string[] | undefined): Promise<ManifestResult> {
+  private async byTag(route: Route, tag: string, accept: string | string[] | undefined, client: string | undefined): Promise<ManifestResult> {
     const { tags, manifests, config, clock } = this.deps;
     const negotiated = negotiateAccept(accept, route.upstream.allowSchema1);
     const tagKey = { upstream: route.upstream.name, repo: route.repository, tag, accept: negotiated.key };
@@ -97,7 +104,10 @@ export class ManifestService {
     }
     if (config.offline) throw offlineMiss('MANIFEST_UNKNOWN', route, `${route.repository}:${tag}`);
     const current = row;
-    return this.flights.run(`t\u0000${key}`, async () => {
+    const flight = `t\u0000${key}`;
+    // A miss spends the client's budget; a stale tag's revalidation is bounded per upstream instead.
+    if (!current && !this.flights.has(flight)) this.deps.budget.charge(client);
+    return this.flights.run(flight, async () => {
       if (current) return this.revalidate(route, current, negotiated.types);
       return this.fetch(route, tag, negotiated.key, negotiated);
     });

@@ -17,7 +17,7 @@ export async function handleTags(mirror: Mirror, ctx: RequestContext, name: stri
   if (last !== undefined && last !== '' && !isValidTag(last)) {
     throw new RegistryError('UNSUPPORTED', 'last must be a tag', { status: 400, detail: { last } });
   }
-  const list = await mirror.listTags(route, name, n, last || undefined);
+  const list = await mirror.listTags(route, name, n, last || undefined, { client: ctx.client });
   ctx.outcome = list.outcome;
   const body = JSON.stringify({ name: list.name, tags: list.tags });
   const { res } = ctx;
