@@ -168,10 +168,25 @@ const configSchema = z.strictObject({
     .prefault({}),
   breaker: z
     .strictObject({
-      /** Consecutive failed requests after which an upstream is marked down (0 = never). */
+      /**
+       * Consecutive failed requests after which an upstream is marked down (0 = never). Counted:
+       * connection errors, time-outs, 5xx for /v2/, and 5xx for repositories once they span 3
+       * different repositories (one repository's 5xx is that request's failure, not the upstream's).
+       */
       failures: z.number().int().min(0).prefault(5),
       /** How long it stays down before one probe request tests it again. */
       cooldown: duration.prefault('30s'),
+    })
+    .prefault({}),
+  clientMisses: z
+    .strictObject({
+      /**
+       * Each client address (IPv6: its /64) may make this many requests a minute that the cache
+       * cannot answer (a token bucket of that size); past it, its cold requests get 429 while
+       * cache hits and other clients are served (0 = no limit). Behind a load balancer every
+       * client has its address: raise this or set 0 there.
+       */
+      perMinute: z.number().int().min(0).prefault(100),
     })
     .prefault({}),
   revalidation: z
@@ -249,6 +264,7 @@ export interface Config {
   timeouts: { connectMs: number; headersMs: number; bodyIdleMs: number };
   retries: { attempts: number; baseDelayMs: number; maxDelayMs: number };
   breaker: { failures: number; cooldownMs: number };
+  clientMisses: { perMinute: number };
   revalidation: { perSecond: number; burst: number; rateLimitReserve: number };
   downloads: { resumeAttempts: number; writeTimeoutMs: number; segmentThreshold: number };
 }
@@ -451,6 +467,7 @@ export function buildConfig(
     timeouts: { connectMs: parsed.timeouts.connect, headersMs: parsed.timeouts.headers, bodyIdleMs: parsed.timeouts.bodyIdle },
     retries: { attempts: parsed.retries.attempts, baseDelayMs: parsed.retries.baseDelay, maxDelayMs: parsed.retries.maxDelay },
     breaker: { failures: parsed.breaker.failures, cooldownMs: parsed.breaker.cooldown },
+    clientMisses: { perMinute: parsed.clientMisses.perMinute },
     revalidation: parsed.revalidation,
     downloads: { resumeAttempts: parsed.downloads.resumeAttempts, writeTimeoutMs: parsed.downloads.writeTimeout, segmentThreshold: parsed.downloads.segmentThreshold },
   };

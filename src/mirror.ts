@@ -24,6 +24,7 @@ import { Peers } from './cluster/peer-source.js';
 import type { Config } from './config.js';
 import { BlobService } from './core/blob-service.js';
 import { CatalogService, type CatalogPage } from './core/catalog-service.js';
+import { ClientMissBudget } from './core/client-budget.js';
 import { blobOrManifest } from './core/manifest-as-blob.js';
 import { ManifestService } from './core/manifest-service.js';
 import { RepositoryAccess } from './core/repository-access.js';
@@ -92,22 +93,25 @@ export class Mirror {
     this.flushTimer.unref();
   }
 
-  getManifest(route: Route, reference: ManifestReference, accept: string | string[] | undefined): Promise<ManifestResult> {
-    return this.parts.manifests.get(route, reference, accept);
+  // `client` (the requester's address) spends that client's budget of upstream misses;
+  // without it (the CLI, a peer replica) nothing is counted.
+
+  getManifest(route: Route, reference: ManifestReference, accept: string | string[] | undefined, options: { client?: string } = {}): Promise<ManifestResult> {
+    return this.parts.manifests.get(route, reference, accept, options.client);
   }
 
   /** A blob, or a manifest asked for as a blob (containerd does). */
-  getBlob(route: Route, digest: Digest, options: { fromPeer?: boolean } = {}): Promise<BlobResult> {
+  getBlob(route: Route, digest: Digest, options: { fromPeer?: boolean; client?: string } = {}): Promise<BlobResult> {
     return blobOrManifest(this.parts.manifests, route, digest, () => this.parts.blobs.get(route, digest, options));
   }
 
   /** What a HEAD needs: the size, without starting a download. */
-  statBlob(route: Route, digest: Digest): Promise<BlobResult> {
-    return blobOrManifest(this.parts.manifests, route, digest, () => this.parts.blobs.stat(route, digest));
+  statBlob(route: Route, digest: Digest, options: { client?: string } = {}): Promise<BlobResult> {
+    return blobOrManifest(this.parts.manifests, route, digest, () => this.parts.blobs.stat(route, digest, options));
   }
 
-  listTags(route: Route, clientName: string, page: TagPageRequest): Promise<TagList> {
-    return this.parts.tagLists.list(route, clientName, page);
+  listTags(route: Route, clientName: string, page: TagPageRequest, options: { client?: string } = {}): Promise<TagList> {
+    return this.parts.tagLists.list(route, clientName, page, options.client);
   }
 
   /** The repositories the mirror holds, as clients name them (GET /v2/_catalog). */
@@ -194,12 +198,13 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     },
   });
   const access = new RepositoryAccess(index, upstreams, config.offline, logger);
+  const budget = new ClientMissBudget(config.clientMisses.perMinute, clock);
   const peers = config.cluster ? new Peers(config.cluster, config.timeouts, logger) : undefined;
   blobs = new BlobService({
-    offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, recordAccess,
+    offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
   });
-  const manifests = new ManifestService({ config, manifests: manifestCache, tags, access, upstreams, metrics, logger, clock, recordAccess });
-  const tagLists = new TagListService(index, upstreams, config.offline);
+  const manifests = new ManifestService({ config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, budget, recordAccess });
+  const tagLists = new TagListService(index, upstreams, config.offline, budget);
   const catalog = new CatalogService(index, registries.map((r) => r.name), fallback.name);
 
   metrics.observe({

@@ -16,6 +16,7 @@ import type { Digest } from '../oci/reference.js';
 import { upstreamBlobSource } from '../upstream/blob-source.js';
 import type { Route } from '../upstream/selector.js';
 import type { Upstreams } from '../upstream/upstreams.js';
+import type { ClientMissBudget } from './client-budget.js';
 import { offlineMiss } from './offline.js';
 import { NoRoomForBlob, passThrough } from './pass-through.js';
 import type { RepositoryAccess } from './repository-access.js';
@@ -32,6 +33,8 @@ export interface BlobServiceDeps {
   peers: Peers | undefined;
   metrics: MirrorMetrics;
   logger: Logger;
+  /** Each client's budget of upstream misses. */
+  budget: ClientMissBudget;
   /** Note an access for eviction's LRU (batched by the index). */
   recordAccess(digest: string): void;
 }
@@ -47,8 +50,9 @@ export class BlobService {
     return (this.serving.get(digest.value) ?? 0) > 0 || this.deps.downloads.get(digest) !== undefined;
   }
 
-  async get(route: Route, digest: Digest, options: { fromPeer?: boolean } = {}): Promise<BlobResult> {
-    const { store, access, downloads, offline } = this.deps;
+  /** `client`: the address whose budget of upstream misses a miss spends (none: not counted). */
+  async get(route: Route, digest: Digest, options: { fromPeer?: boolean; client?: string } = {}): Promise<BlobResult> {
+    const { store, access, downloads, offline, budget } = this.deps;
     const stat = await store.stat(digest);
     if (stat) {
       await access.ensureLinked(route, digest, 'blob');
@@ -66,8 +70,12 @@ export class BlobService {
     let outcome: CacheOutcome = 'coalesced';
     if (download) {
       // Joining another repository's download: this repository must contain the blob too.
-      if (!access.isLinked(route, digest.value)) await access.confirmUpstreamHas(route, digest, 'blob');
+      if (!access.isLinked(route, digest.value)) {
+        budget.charge(options.client);
+        await access.confirmUpstreamHas(route, digest, 'blob');
+      }
     } else {
+      budget.charge(options.client);
       download = this.startDownload(route, digest, options.fromPeer === true);
       outcome = 'miss';
     }
@@ -86,8 +94,8 @@ export class BlobService {
   }
 
   /** What a HEAD needs: the size, without starting a download. */
-  async stat(route: Route, digest: Digest): Promise<BlobResult> {
-    const { store, access, downloads, offline } = this.deps;
+  async stat(route: Route, digest: Digest, options: { client?: string } = {}): Promise<BlobResult> {
+    const { store, access, downloads, offline, budget } = this.deps;
     const stat = await store.stat(digest);
     if (stat) {
       await access.ensureLinked(route, digest, 'blob');
@@ -99,6 +107,7 @@ export class BlobService {
       await download.ready;
       return { digest: digest.value, size: download.totalSize, outcome: 'coalesced' };
     }
+    budget.charge(options.client);
     const { size } = await access.confirmUpstreamHas(route, digest, 'blob');
     return { digest: digest.value, size, outcome: 'miss' };
   }
@@ -118,7 +127,7 @@ export class BlobService {
     void download.finished
       .then(() => access.link(route, digest.value))
       .catch((err: unknown) => {
-        if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') metrics.digestMismatches.inc({ upstream: route.upstream.name });
+        if (err instanceof RegistryError && err.code === 'DIGEST_INVALID' && err.status >= 500) metrics.digestMismatches.inc({ upstream: route.upstream.name });
       })
       .finally(() => metrics.downloadsInFlight.dec());
     return download;

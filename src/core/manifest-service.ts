@@ -5,7 +5,7 @@
 
 import type { Logger } from 'pino';
 import { expiryFrom, tagFreshness } from '../cache/freshness.js';
-import type { TagRow } from '../cache/index.js';
+import type { CacheIndex, TagRow } from '../cache/index.js';
 import type { ManifestCache, StoredManifest } from '../cache/manifest-cache.js';
 import { TagCache } from '../cache/tag-cache.js';
 import type { Clock } from '../clock.js';
@@ -23,6 +23,7 @@ import { TokenBucket } from '../upstream/rate-limiter.js';
 import type { Route } from '../upstream/selector.js';
 import { isUpstreamTrouble, upstreamError } from '../upstream/status-errors.js';
 import type { Upstreams } from '../upstream/upstreams.js';
+import type { ClientMissBudget } from './client-budget.js';
 import { offlineMiss } from './offline.js';
 import type { RepositoryAccess } from './repository-access.js';
 import type { ManifestResult } from './results.js';
@@ -37,12 +38,16 @@ type Negotiated = { key: string; types: string[] };
 export interface ManifestServiceDeps {
   config: Pick<Config, 'offline' | 'revalidation'>;
   manifests: ManifestCache;
+  /** What the store holds as a blob and what as a manifest. */
+  index: Pick<CacheIndex, 'getBlob' | 'getManifest'>;
   tags: TagCache;
   access: RepositoryAccess;
   upstreams: Upstreams;
   metrics: MirrorMetrics;
   logger: Logger;
   clock: Clock;
+  /** Each client's budget of upstream misses. */
+  budget: ClientMissBudget;
   /** Note an access for eviction's LRU (batched by the index). */
   recordAccess(digest: string): void;
 }
@@ -59,11 +64,12 @@ export class ManifestService {
     }
   }
 
-  async get(route: Route, reference: ManifestReference, accept: string | string[] | undefined): Promise<ManifestResult> {
-    return reference.kind === 'digest' ? this.byDigest(route, reference.digest) : this.byTag(route, reference.tag, accept);
+  /** `client`: the address whose budget of upstream misses a miss spends (none: not counted). */
+  async get(route: Route, reference: ManifestReference, accept: string | string[] | undefined, client?: string): Promise<ManifestResult> {
+    return reference.kind === 'digest' ? this.byDigest(route, reference.digest, client) : this.byTag(route, reference.tag, accept, client);
   }
 
-  private async byDigest(route: Route, digest: Digest): Promise<ManifestResult> {
+  private async byDigest(route: Route, digest: Digest, client: string | undefined): Promise<ManifestResult> {
     const { manifests, access, config } = this.deps;
     const stored = await manifests.get(digest);
     if (stored) {
@@ -72,12 +78,15 @@ export class ManifestService {
       return { ...stored, outcome: 'hit' };
     }
     if (config.offline) throw offlineMiss('MANIFEST_UNKNOWN', route, digest.value);
-    return this.flights.run(`m\u0000${route.upstream.name}\u0000${route.repository}\u0000${digest.value}`, () =>
+    const flight = `m\u0000${route.upstream.name}\u0000${route.repository}\u0000${digest.value}`;
+    // Joining a fetch that is already running costs the upstream nothing.
+    if (!this.flights.has(flight)) this.deps.budget.charge(client);
+    return this.flights.run(flight, () =>
       this.fetch(route, digest.value, undefined, { key: 'all', types: negotiateAccept(undefined, route.upstream.allowSchema1).types }),
     );
   }
 
-  private async byTag(route: Route, tag: string, accept: string | string[] | undefined): Promise<ManifestResult> {
+  private async byTag(route: Route, tag: string, accept: string | string[] | undefined, client: string | undefined): Promise<ManifestResult> {
     const { tags, manifests, config, clock } = this.deps;
     const negotiated = negotiateAccept(accept, route.upstream.allowSchema1);
     const tagKey = { upstream: route.upstream.name, repo: route.repository, tag, accept: negotiated.key };
@@ -95,7 +104,10 @@ export class ManifestService {
     }
     if (config.offline) throw offlineMiss('MANIFEST_UNKNOWN', route, `${route.repository}:${tag}`);
     const current = row;
-    return this.flights.run(`t\u0000${key}`, async () => {
+    const flight = `t\u0000${key}`;
+    // A miss spends the client's budget; a stale tag's revalidation is bounded per upstream instead.
+    if (!current && !this.flights.has(flight)) this.deps.budget.charge(client);
+    return this.flights.run(flight, async () => {
       if (current) return this.revalidate(route, current, negotiated.types);
       return this.fetch(route, tag, negotiated.key, negotiated);
     });
@@ -181,7 +193,18 @@ export class ManifestService {
       path: `/v2/${route.repository}/manifests/${reference}`,
       headers: { accept: negotiated.types.join(', ') },
     });
-    if (response.status !== 200) throw await upstreamError(route, response, 'manifest', reference);
+    if (response.status !== 200) {
+      const error = await upstreamError(route, response, 'manifest', reference);
+      // distribution answers 500 to a layer's digest asked as a manifest; when we hold that
+      // digest as a blob (and not as a manifest) it is no manifest: say so, and clients
+      // (containerd) try /blobs/ next.
+      if (response.status >= 500 && tagAccept === undefined && this.deps.index.getBlob(reference) && !this.deps.index.getManifest(reference)) {
+        throw new RegistryError('MANIFEST_UNKNOWN', `${reference} is a blob, not a manifest`, {
+          detail: { upstream: route.upstream.name, repository: route.repository, digest: reference, upstreamStatus: response.status },
+        });
+      }
+      throw error;
+    }
     const bytes = await readLimited(response.body, MAX_MANIFEST_BYTES).catch((err: unknown) => {
       throw new RegistryError('MANIFEST_INVALID', `manifest from ${route.upstream.name} is unreadable: ${(err as Error).message}`, {
         status: 502,

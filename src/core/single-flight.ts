@@ -6,6 +6,11 @@ import type { ManifestResult } from './results.js';
 export class SingleFlight {
   private readonly inFlight = new Map<string, Promise<ManifestResult>>();
 
+  /** Is work for `key` running (a caller would join it rather than start it)? */
+  has(key: string): boolean {
+    return this.inFlight.has(key);
+  }
+
   /** The first caller runs `work`; the others get its result marked 'coalesced' (or 'stale'). */
   async run(key: string, work: () => Promise<ManifestResult>): Promise<ManifestResult> {
     const running = this.inFlight.get(key);

@@ -8,6 +8,7 @@ import { RegistryError } from '../oci/errors.js';
 import type { Route } from '../upstream/selector.js';
 import { isUpstreamTrouble, statusError } from '../upstream/status-errors.js';
 import type { Upstreams } from '../upstream/upstreams.js';
+import type { ClientMissBudget } from './client-budget.js';
 import { offlineMiss } from './offline.js';
 import type { TagList } from './results.js';
 
@@ -27,9 +28,11 @@ export class TagListService {
     private readonly index: CacheIndex,
     private readonly upstreams: Upstreams,
     private readonly offline: boolean,
+    private readonly budget?: ClientMissBudget,
   ) {}
 
-  async list(route: Route, clientName: string, page: TagPageRequest): Promise<TagList> {
+  /** `client`: the address whose budget of upstream misses the request spends (none: not counted). */
+  async list(route: Route, clientName: string, page: TagPageRequest, client?: string): Promise<TagList> {
     const { n, last } = page;
     if (this.offline) {
       const known = this.index.tagsOf(route.upstream.name, route.repository);
@@ -43,6 +46,8 @@ export class TagListService {
     const qs = query.size > 0 ? `?${query}` : '';
     let failure: RegistryError;
     try {
+      // Over its budget, the client gets the tags we know, or the 429.
+      this.budget?.charge(client);
       const response = await this.upstreams.request(route, 'tags', { method: 'GET', path: `/v2/${route.repository}/tags/list${qs}` });
       const body = await readLimited(response.body, MAX_TAG_LIST_BYTES);
       if (response.status === 200) {

@@ -49,9 +49,11 @@ export function parseDigest(value: string): Digest {
   return { algorithm: algorithm as DigestAlgorithm, hex, value };
 }
 
-export function validateRepositoryName(name: string): string {
+/** `name` or a NAME_INVALID error; `as` says how the name came about (e.g. after `library/`). */
+export function validateRepositoryName(name: string, as?: string): string {
   if (!isValidRepositoryName(name)) {
-    throw new RegistryError('NAME_INVALID', 'invalid repository name', { detail: { name } });
+    const message = name.length > MAX_NAME_LENGTH ? `repository name longer than ${MAX_NAME_LENGTH} characters` : 'invalid repository name';
+    throw new RegistryError('NAME_INVALID', as ? `${message} (${as})` : message, { detail: { name, length: name.length } });
   }
   return name;
 }

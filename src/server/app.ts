@@ -109,8 +109,12 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
       return parsedQuery;
     },
     bytes: 0,
-    fromPeer: isPeerRequest(mirror, req),
+    fromPeer: false,
+    client: undefined,
   };
+  ctx.fromPeer = isPeerRequest(mirror, req);
+  // A peer replica forwards its own clients' misses: they were counted there.
+  ctx.client = ctx.fromPeer ? undefined : req.socket.remoteAddress;
   res.setHeader('X-Request-Id', ctx.id);
   if (state.shuttingDown) res.setHeader('Connection', 'close');
   res.once('close', () => accessLog(mirror, ctx, state));

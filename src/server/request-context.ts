@@ -20,4 +20,6 @@ export interface RequestContext {
   bytes: number;
   /** A request from another replica of this cluster (it must not be forwarded again). */
   fromPeer: boolean;
+  /** The client's address, whose budget of upstream misses its cold requests spend; none for a peer. */
+  client: string | undefined;
 }

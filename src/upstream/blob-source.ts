@@ -5,6 +5,7 @@
 import { Readable } from 'node:stream';
 import type { DownloadSource } from '../cache/download-source.js';
 import { headerValue, parseContentLength, parseContentRange } from '../http/headers.js';
+import { RegistryError } from '../oci/errors.js';
 import type { Digest } from '../oci/reference.js';
 import type { UpstreamResponse } from './client.js';
 import type { Route } from './selector.js';
@@ -29,7 +30,7 @@ export function upstreamBlobSource(upstreams: Upstreams, route: Route, digest: D
     throttle: limiter ? (bytes) => limiter.take(bytes) : undefined,
     openRange: async (start, end) => {
       const response = await get({ range: `bytes=${start}-${end}` });
-      if (response.status !== 200 && response.status !== 206) throw await upstreamError(route, response, 'blob', digest.value);
+      if (response.status !== 200 && response.status !== 206) throw await rangeError(route, response, digest);
       const range = parseContentRange(response.headers);
       return {
         status: response.status,
@@ -40,6 +41,7 @@ export function upstreamBlobSource(upstreams: Upstreams, route: Route, digest: D
     },
     open: async (offset) => {
       const response = await get(offset > 0 ? { range: `bytes=${offset}-` } : {});
+      if (offset > 0 && response.status === 416) throw await rangeError(route, response, digest);
       if (offset > 0 && response.status === 206) {
         const range = parseContentRange(response.headers);
         if (range && range.start === offset) return { body: response.body, totalSize: range.total };
@@ -63,6 +65,16 @@ export function upstreamBlobSource(upstreams: Upstreams, route: Route, digest: D
       };
     },
   };
+}
+
+/** The upstream refused a range the mirror asked for (segments, resumes): its trouble, not the client's. */
+async function rangeError(route: Route, response: UpstreamResponse, digest: Digest): Promise<RegistryError> {
+  const error = await upstreamError(route, response, 'blob', digest.value);
+  if (response.status !== 416) return error;
+  return new RegistryError('UNAVAILABLE', `upstream ${route.upstream.name} refused a range of ${digest.value} it announced (416)`, {
+    status: 502,
+    detail: error.detail,
+  });
 }
 
 function skipBytes(body: Readable, count: number): Readable {

@@ -134,7 +134,9 @@ export class UpstreamClient {
       else this.breaker.failure(permit.probe);
       throw err;
     }
-    if (response.status >= 500) this.breaker.failure(permit.probe);
+    // A 5xx for a repository is first that request's failure (a client can provoke one on
+    // purpose); only a 5xx for `/v2/` is the upstream's own at once (breaker.ts).
+    if (response.status >= 500) this.breaker.failure(permit.probe, req.repository);
     else if (response.status === 429) this.breaker.release(permit.probe);
     else this.breaker.success(permit.probe);
     return response;

@@ -73,7 +73,10 @@ export class UpstreamSelector {
       }
     }
     validateRepositoryName(repository);
-    repository = upstream.canonicalRepository(repository);
+    // The limit is on the name the upstream sees: `library/` can take it past 255 characters.
+    const canonical = upstream.canonicalRepository(repository);
+    if (canonical !== repository) validateRepositoryName(canonical, `as ${upstream.name} names it`);
+    repository = canonical;
     if (!upstream.allows(repository)) {
       throw new RegistryError('DENIED', `repository ${repository} is not allowed through ${upstream.name}`, {
         detail: { upstream: upstream.name, repository },

@@ -3,7 +3,7 @@
 
 import { readLimited } from '../http/body.js';
 import { headerValue } from '../http/headers.js';
-import { parseErrorBody, RegistryError } from '../oci/errors.js';
+import { ERROR_CODES, parseErrorBody, RegistryError, type ErrorCode } from '../oci/errors.js';
 import type { UpstreamResponse } from './client.js';
 import type { Route } from './selector.js';
 
@@ -38,11 +38,51 @@ export function statusError(route: Route, response: UpstreamResponse, kind: Upst
         headers: retryAfter ? { 'retry-after': retryAfter } : {},
       });
     }
+    case 408:
+      // The upstream timed out the mirror's own request: its trouble, not the client's.
+      return new RegistryError('UNAVAILABLE', `upstream ${upstream} answered ${response.status}`, { status: 502, detail });
     default:
+      if (response.status >= 400 && response.status < 500) return clientError(route, response.status, kind, relayed?.code, detail);
       return new RegistryError('UNAVAILABLE', `upstream ${upstream} answered ${response.status}`, {
-        status: response.status >= 500 ? (response.status === 503 ? 503 : 502) : 502,
+        status: response.status === 503 ? 503 : 502,
         detail,
       });
+  }
+}
+
+/** Codes an upstream may relay for a request that was wrong, passed on as they are. */
+const RELAYED_CLIENT_CODES = new Set<ErrorCode>([
+  'NAME_INVALID', 'NAME_UNKNOWN', 'MANIFEST_INVALID', 'MANIFEST_UNKNOWN', 'MANIFEST_BLOB_UNKNOWN', 'DIGEST_INVALID', 'BLOB_UNKNOWN', 'SIZE_INVALID', 'RANGE_INVALID', 'UNSUPPORTED',
+]);
+
+/**
+ * Any other 4xx: the request was wrong for the upstream (a name or reference it refuses, a
+ * method, a range, a URL too long), so it is the client's request that failed: a 4xx, never a 5xx.
+ */
+function clientError(route: Route, status: number, kind: UpstreamCallKind, relayedCode: string | undefined, detail: object): RegistryError {
+  const upstream = route.upstream.name;
+  const message = `upstream ${upstream} refused the request (${status})`;
+  if (relayedCode && RELAYED_CLIENT_CODES.has(relayedCode as ErrorCode)) {
+    const code = relayedCode as ErrorCode;
+    // Keep the upstream's status where it is a 4xx the code may have (405, 416, 404, 400).
+    return new RegistryError(code, message, { detail, status: ERROR_CODES[code].status });
+  }
+  switch (status) {
+    case 405:
+      return new RegistryError('UNSUPPORTED', message, { detail });
+    case 410:
+      return new RegistryError(kind === 'blob' ? 'BLOB_UNKNOWN' : kind === 'tags' ? 'NAME_UNKNOWN' : 'MANIFEST_UNKNOWN', message, { detail });
+    case 416:
+      return new RegistryError('RANGE_INVALID', message, { detail });
+    case 414:
+      // The URL is too long for it: the name (or reference) is.
+      return new RegistryError('NAME_INVALID', message, { detail });
+    default:
+      // 400 and the rest: what the client asked for is invalid there.
+      if (kind === 'blob') return new RegistryError('DIGEST_INVALID', message, { detail });
+      if (kind === 'manifest') return new RegistryError('MANIFEST_INVALID', message, { detail });
+      if (kind === 'tags') return new RegistryError('NAME_INVALID', message, { detail });
+      return new RegistryError('UNSUPPORTED', message, { status: 400, detail });
   }
 }
 

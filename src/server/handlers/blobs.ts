@@ -20,7 +20,9 @@ export async function handleBlob(mirror: Mirror, ctx: RequestContext, name: stri
   const route = selectUpstream(mirror, ctx, name);
   const digest = parseDigest(digestText);
   const { req, res } = ctx;
-  const blob = req.method === 'HEAD' ? await mirror.statBlob(route, digest) : await mirror.getBlob(route, digest, { fromPeer: ctx.fromPeer });
+  const blob = req.method === 'HEAD'
+      ? await mirror.statBlob(route, digest, { client: ctx.client })
+      : await mirror.getBlob(route, digest, { fromPeer: ctx.fromPeer, client: ctx.client });
   ctx.outcome = blob.outcome;
   res.setHeader('Docker-Content-Digest', blob.digest);
   res.setHeader('ETag', `"${blob.digest}"`);

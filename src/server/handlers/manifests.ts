@@ -7,7 +7,7 @@ import { selectUpstream } from './select-upstream.js';
 export async function handleManifest(mirror: Mirror, ctx: RequestContext, name: string, reference: string): Promise<void> {
   const route = selectUpstream(mirror, ctx, name);
   const ref = parseManifestReference(reference);
-  const result = await mirror.getManifest(route, ref, ctx.req.headers.accept);
+  const result = await mirror.getManifest(route, ref, ctx.req.headers.accept, { client: ctx.client });
   ctx.outcome = result.outcome;
   const { res } = ctx;
   // The hot path: one writeHead with every header, no per-header bookkeeping.

@@ -19,7 +19,7 @@ export async function handleTags(mirror: Mirror, ctx: RequestContext, name: stri
   }
   // Anything else but ns (an upstream's page token, Quay's next_page) goes to the upstream as is.
   const forward = [...ctx.query].filter(([k]) => k !== 'n' && k !== 'last' && k !== 'ns');
-  const list = await mirror.listTags(route, name, { n, last: last || undefined, forward });
+  const list = await mirror.listTags(route, name, { n, last: last || undefined, forward }, { client: ctx.client });
   ctx.outcome = list.outcome;
   const body = JSON.stringify({ name: list.name, tags: list.tags });
   const { res } = ctx;
