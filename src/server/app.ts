@@ -8,7 +8,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { RegistryError } from '../oci/errors.js';
 import type { Mirror } from '../mirror.js';
-import { PEER_HEADER } from '../cluster/peer-source.js';
+import { PEER_HEADER, verifyPeerRequest } from '../cluster/peer-auth.js';
 import { handleBlob } from './handlers/blobs.js';
 import { handleManifest } from './handlers/manifests.js';
 import { handleTags } from './handlers/tags.js';
@@ -80,12 +80,18 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
   };
 }
 
-function isPeerRequest(mirror: Mirror, req: IncomingMessage): boolean {
+/**
+ * A request from another replica: it skips client auth and is not sent on to the digest's
+ * owner. With a secret, only a valid signature of this very request makes it one; anything
+ * else is an ordinary client's request. Without a secret (the config allows that only on a
+ * loopback address without client auth) the mark only stops forwarding loops.
+ */
+function isPeerRequest(mirror: Mirror, req: IncomingMessage, state: ServerState): boolean {
   const cluster = mirror.config.cluster;
   const mark = req.headers[PEER_HEADER];
-  if (!cluster || typeof mark !== 'string') return false;
-  // With a secret configured, only a request that carries it is a peer's.
-  return cluster.secret === undefined || mark === cluster.secret;
+  if (!cluster || mark === undefined) return false;
+  if (cluster.secret === undefined) return state.auth === undefined;
+  return verifyPeerRequest(mark, cluster.secret, req.method ?? 'GET', req.url ?? '/', mirror.clock.now());
 }
 
 let requestCounter = 0;
@@ -108,7 +114,7 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
       return parsedQuery;
     },
     bytes: 0,
-    fromPeer: isPeerRequest(mirror, req),
+    fromPeer: isPeerRequest(mirror, req, state),
   };
   res.setHeader('X-Request-Id', ctx.id);
   if (state.shuttingDown) res.setHeader('Connection', 'close');
