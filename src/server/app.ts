@@ -76,6 +76,7 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
       const timer = setTimeout(() => server.closeAllConnections(), deadlineMs);
       await closed;
       clearTimeout(timer);
+      await state.auth?.close();
     },
   };
 }
@@ -144,6 +145,7 @@ async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState)
       // Never the password: the user name and why.
       mirror.logger.warn({ reqId: ctx.id, user: result.user, reason: result.reason, remote: req.socket.remoteAddress }, 'client authentication failed');
       res.setHeader(API_VERSION_HEADER, 'registry/2.0');
+      if (result.busy) throw new RegistryError('TOOMANYREQUESTS', 'too many password checks in progress; try again shortly', { headers: { 'retry-after': '1' } });
       throw new RegistryError('UNAUTHORIZED', 'authentication required', { headers: { 'www-authenticate': state.auth.challenge } });
     }
   }
