@@ -7,8 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HashRing } from '../../src/cluster/ring.js';
 import { startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
-import { get } from '../fixtures/http-client.js';
+import { get, sha256 } from '../fixtures/http-client.js';
 import { addTinyImage } from '../fixtures/images-fake.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
 import { freePort } from '../fixtures/real-upstream.js';
@@ -76,7 +77,7 @@ describe('requests between replicas with client auth on', () => {
     expect(stale.status).toBe(401);
   });
 
-  it("serves a request signed with the cluster's secret without client credentials", async () => {
+  it("serves a request signed with the cluster's secret without client credentials, by hand or by a fellow replica", async () => {
     const signed = await get(`${mirror.url}${path}`, { headers: { 'x-registry-mirror-peer': peerSignature(secret, 'GET', path, Math.floor(Date.now() / 1000)) } });
     expect(signed.status).toBe(200);
     const manifest = JSON.parse(signed.body.toString());
@@ -84,6 +85,31 @@ describe('requests between replicas with client auth on', () => {
     const withQuery = `${path}?ns=docker.io`;
     const signedQuery = await get(`${mirror.url}${withQuery}`, { headers: { 'x-registry-mirror-peer': peerSignature(secret, 'GET', withQuery, Math.floor(Date.now() / 1000)) } });
     expect(signedQuery.status).toBe(200);
+
+    // And a fellow replica's own signed requests: a client pulls through the replica that does
+    // not own the layer, which reads it from the owner without any client credentials.
+    const { layer } = addTinyImage(upstream, 'team/shared', 'v1', 'security-two-replicas');
+    const ports = [await freePort(), await freePort()];
+    const urls = ports.map((p) => `http://127.0.0.1:${p}`);
+    const owner = new HashRing(urls).owner(layer)!;
+    const pair: TestMirror[] = [];
+    try {
+      for (const [i, port] of ports.entries()) {
+        pair.push(
+          await startMirror({ upstreamUrl: upstream.url, document: { listen: `127.0.0.1:${port}`, auth: { htpasswd }, cluster: { self: urls[i], peers: urls, secret } } }),
+        );
+      }
+      const [other, owning] = pair[0]!.url === owner ? [pair[1]!, pair[0]!] : [pair[0]!, pair[1]!];
+      upstream.reset();
+      const blob = await get(`${other.url}/v2/team/shared/blobs/${layer}`, { headers: { authorization: basic('ops', 'right-pass') } });
+      expect(blob.status).toBe(200);
+      expect(sha256(blob.body)).toBe(layer);
+      expect(other.logs.filter((l) => l.msg.startsWith('peer unavailable'))).toEqual([]);
+      expect(owning.accessLog().filter((l) => l.path === `/v2/team/shared/blobs/${layer}`).map((l) => l.status)).toEqual([200]);
+      expect(upstream.count({ method: 'GET', path: new RegExp(layer), authorized: true })).toBe(1);
+    } finally {
+      for (const m of pair) await m.stop();
+    }
   });
 });
 
