@@ -3,6 +3,7 @@
 // each with the path of the bad key.
 
 import { existsSync, readFileSync } from 'node:fs';
+import { isIPv4 } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { parseDuration, parseSize } from './units.js';
@@ -77,6 +78,16 @@ const upstreamSchema = z.strictObject({
   maxBytesPerSecond: size.prefault(0),
 });
 
+const MIN_CLUSTER_SECRET_LENGTH = 16;
+
+/** 127.0.0.0/8, ::1 and localhost: only this machine can connect. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
+  return isIPv4(v4) && v4.startsWith('127.');
+}
+
 const configSchema = z.strictObject({
   listen: hostPort.prefault('0.0.0.0:5000'),
   tls: z
@@ -134,8 +145,11 @@ const configSchema = z.strictObject({
       /** This replica's URL as the other replicas reach it (must be one of peers). */
       self: httpUrl,
       peers: z.array(httpUrl).min(1),
-      /** Shared secret that marks requests between replicas (needed when client auth is on). */
-      secret: z.string().optional(),
+      /**
+       * Shared secret with which replicas sign their requests to each other (HMAC-SHA256 of
+       * method, path and time). Required when client auth is on or listen is not loopback.
+       */
+      secret: z.string().min(MIN_CLUSTER_SECRET_LENGTH, `must be at least ${MIN_CLUSTER_SECRET_LENGTH} characters`).optional(),
     })
     .optional(),
   /** Never contact an upstream; serve only what is cached. */
@@ -431,6 +445,11 @@ export function buildConfig(
     if (u.username && !u.password) more.push(`upstreams.${u.name}.password: required when username is set`);
   }
   if (parsed.cluster && !parsed.cluster.peers.includes(parsed.cluster.self)) more.push('cluster.self: must be one of cluster.peers');
+  if (parsed.cluster && parsed.cluster.secret === undefined) {
+    // Without a secret, anyone who can reach the mirror could pose as a replica.
+    const why = [parsed.auth && 'client auth (auth.htpasswd) is on', !isLoopbackHost(parsed.listen.host) && `listen (${parsed.listen.host}) is not a loopback address`].filter(Boolean);
+    if (why.length > 0) more.push(`cluster.secret: required when ${why.join(' and ')}: replicas sign their requests to each other with it (at least ${MIN_CLUSTER_SECRET_LENGTH} characters, the same on every replica)`);
+  }
   if (parsed.storage.driver === 's3' && !parsed.storage.s3) more.push('storage.s3: required when storage.driver is s3 (bucket, endpoint, credentials)');
   if (parsed.storage.lowWatermark >= parsed.storage.highWatermark) {
     more.push('storage.lowWatermark: must be below storage.highWatermark');

@@ -199,7 +199,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   });
   const access = new RepositoryAccess(index, upstreams, config.offline, logger);
   const budget = new ClientMissBudget(config.clientMisses.perMinute, clock);
-  const peers = config.cluster ? new Peers(config.cluster, config.timeouts, logger) : undefined;
+  const peers = config.cluster ? new Peers(config.cluster, config.timeouts, logger, clock) : undefined;
   blobs = new BlobService({
     offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
   });

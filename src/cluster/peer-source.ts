@@ -5,16 +5,17 @@
 
 import { Agent, request } from 'undici';
 import type { Logger } from 'pino';
+import type { Clock } from '../clock.js';
 import type { DownloadSource } from '../cache/download-source.js';
 import type { Config } from '../config.js';
 import { parseContentLength, parseContentRange } from '../http/headers.js';
 import { parseErrorBody, RegistryError } from '../oci/errors.js';
 import type { Digest } from '../oci/reference.js';
 import type { Route } from '../upstream/selector.js';
+import { PEER_HEADER, signPeerRequest } from './peer-auth.js';
 import { HashRing } from './ring.js';
 
-/** The header that marks a request between replicas (it is not forwarded again). */
-export const PEER_HEADER = 'x-registry-mirror-peer';
+export { PEER_HEADER } from './peer-auth.js';
 
 export class Peers {
   private readonly ring: HashRing;
@@ -24,6 +25,7 @@ export class Peers {
     private readonly cluster: NonNullable<Config['cluster']>,
     timeouts: Config['timeouts'],
     private readonly logger: Logger,
+    private readonly clock: Clock,
   ) {
     this.ring = new HashRing(cluster.peers);
     this.agent = new Agent({ connect: { timeout: 2000 }, headersTimeout: timeouts.headersMs, bodyTimeout: timeouts.bodyIdleMs });
@@ -41,14 +43,20 @@ export class Peers {
    */
   source(owner: string, route: Route, digest: Digest, fallback: DownloadSource): DownloadSource {
     let useUpstream = false;
-    const headers: Record<string, string> = { [PEER_HEADER]: this.cluster.secret ?? '1' };
     const url = `${owner}/v2/${route.repository}/blobs/${digest.value}?ns=${encodeURIComponent(route.upstream.name)}`;
+    const signed = new URL(url);
+    // Signed afresh for every request (a resumed download may come much later). Without a
+    // secret (only allowed on loopback without client auth) the mark only says "do not ask
+    // the owner again".
+    const mark = () => (this.cluster.secret === undefined ? '1' : signPeerRequest(this.cluster.secret, 'GET', signed.pathname + signed.search, this.clock.now()));
     return {
       segments: 1,
       open: async (offset) => {
         if (!useUpstream) {
           try {
-            const res = await request(url, { method: 'GET', dispatcher: this.agent, headers: offset > 0 ? { ...headers, range: `bytes=${offset}-` } : headers });
+            const headers: Record<string, string> = { [PEER_HEADER]: mark() };
+            if (offset > 0) headers.range = `bytes=${offset}-`;
+            const res = await request(url, { method: 'GET', dispatcher: this.agent, headers });
             if (res.statusCode === 200 && offset === 0) return { body: res.body, totalSize: parseContentLength(res.headers) };
             const range = parseContentRange(res.headers);
             if (res.statusCode === 206 && range && range.total !== undefined && range.start === offset) return { body: res.body, totalSize: range.total };

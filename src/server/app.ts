@@ -8,7 +8,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { RegistryError } from '../oci/errors.js';
 import type { Mirror } from '../mirror.js';
-import { PEER_HEADER } from '../cluster/peer-source.js';
+import { PEER_HEADER, verifyPeerRequest } from '../cluster/peer-auth.js';
 import { handleBlob } from './handlers/blobs.js';
 import { handleCatalog } from './handlers/catalog.js';
 import { handleManifest } from './handlers/manifests.js';
@@ -77,16 +77,23 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
       const timer = setTimeout(() => server.closeAllConnections(), deadlineMs);
       await closed;
       clearTimeout(timer);
+      await state.auth?.close();
     },
   };
 }
 
-function isPeerRequest(mirror: Mirror, req: IncomingMessage): boolean {
+/**
+ * A request from another replica: it skips client auth and is not sent on to the digest's
+ * owner. With a secret, only a valid signature of this very request makes it one; anything
+ * else is an ordinary client's request. Without a secret (the config allows that only on a
+ * loopback address without client auth) the mark only stops forwarding loops.
+ */
+function isPeerRequest(mirror: Mirror, req: IncomingMessage, state: ServerState): boolean {
   const cluster = mirror.config.cluster;
   const mark = req.headers[PEER_HEADER];
-  if (!cluster || typeof mark !== 'string') return false;
-  // With a secret configured, only a request that carries it is a peer's.
-  return cluster.secret === undefined || mark === cluster.secret;
+  if (!cluster || mark === undefined) return false;
+  if (cluster.secret === undefined) return state.auth === undefined;
+  return verifyPeerRequest(mark, cluster.secret, req.method ?? 'GET', req.url ?? '/', mirror.clock.now());
 }
 
 let requestCounter = 0;
@@ -112,7 +119,7 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
     fromPeer: false,
     client: undefined,
   };
-  ctx.fromPeer = isPeerRequest(mirror, req);
+  ctx.fromPeer = isPeerRequest(mirror, req, state);
   // A peer replica forwards its own clients' misses: they were counted there.
   ctx.client = ctx.fromPeer ? undefined : req.socket.remoteAddress;
   res.setHeader('X-Request-Id', ctx.id);
@@ -144,6 +151,7 @@ async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState)
       // Never the password: the user name and why.
       mirror.logger.warn({ reqId: ctx.id, user: result.user, reason: result.reason, remote: req.socket.remoteAddress }, 'client authentication failed');
       res.setHeader(API_VERSION_HEADER, 'registry/2.0');
+      if (result.busy) throw new RegistryError('TOOMANYREQUESTS', 'too many password checks in progress; try again shortly', { headers: { 'retry-after': '1' } });
       throw new RegistryError('UNAUTHORIZED', 'authentication required', { headers: { 'www-authenticate': state.auth.challenge } });
     }
   }

@@ -29,7 +29,7 @@ beforeAll(async () => {
     replicas.push(
       await startMirror({
         upstreamUrl: upstream.url,
-        document: { listen: `127.0.0.1:${port}`, cluster: { self: urls[i], peers: urls, secret: 'cluster-secret' } },
+        document: { listen: `127.0.0.1:${port}`, cluster: { self: urls[i], peers: urls, secret: 'cluster-secret-replicas' } },
       }),
     );
   }

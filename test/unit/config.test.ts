@@ -63,4 +63,35 @@ describe('configuration', () => {
   it('refuses a default upstream that is not configured', () => {
     expect(problems({ defaultUpstream: 'quay.io' })).toEqual([expect.stringMatching(/^defaultUpstream: /)]);
   });
+
+  describe('cluster.secret', () => {
+    const cluster = { self: 'http://10.0.0.1:5000', peers: ['http://10.0.0.1:5000', 'http://10.0.0.2:5000'] };
+    const secret = 'sixteen-chars-ok';
+
+    it('is required when client auth is on, naming the key and why', () => {
+      const found = problems({ listen: '127.0.0.1:5000', auth: { htpasswd: '/etc/mirror/htpasswd' }, cluster });
+      expect(found).toEqual([expect.stringMatching(/^cluster\.secret: required when client auth \(auth\.htpasswd\) is on/)]);
+      expect(() => buildConfig({ listen: '127.0.0.1:5000', auth: { htpasswd: '/x' }, cluster }, {})).toThrow(ConfigError);
+    });
+
+    it('is required when listen is not a loopback address (the default 0.0.0.0 included)', () => {
+      expect(problems({ cluster })).toEqual([expect.stringMatching(/^cluster\.secret: required when listen \(0\.0\.0\.0\) is not a loopback address/)]);
+      expect(problems({ listen: '10.0.0.1:5000', cluster })).toEqual([expect.stringMatching(/^cluster\.secret: required/)]);
+      expect(problems({ listen: '[::]:5000', cluster })).toEqual([expect.stringMatching(/^cluster\.secret: required/)]);
+    });
+
+    it('may be left out on a loopback address without client auth', () => {
+      for (const listen of ['127.0.0.1:5000', '127.5.6.7:5000', '[::1]:5000', 'localhost:5000']) {
+        expect([listen, problems({ listen, cluster })]).toEqual([listen, []]);
+      }
+      expect(problems({ listen: '128.0.0.1:5000', cluster })).toHaveLength(1);
+    });
+
+    it('must be long enough, and is kept', () => {
+      expect(problems({ cluster: { ...cluster, secret: 'short' } })).toEqual([expect.stringMatching(/^cluster\.secret: must be at least 16 characters/)]);
+      const c = buildConfig({ auth: { htpasswd: '/x' }, cluster: { ...cluster, secret } }, {});
+      expect(c.cluster?.secret).toBe(secret);
+      expect(problems({ cluster: { ...cluster, secret: '${CLUSTER_SECRET}' } }, { env: { CLUSTER_SECRET: secret } })).toEqual([]);
+    });
+  });
 });
