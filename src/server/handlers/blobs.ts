@@ -72,21 +72,28 @@ export async function handleBlob(mirror: Mirror, ctx: RequestContext, name: stri
     return;
   }
   const source = blob.open(start, end);
-  const fromCache = blob.outcome === 'hit';
   source.on('data', (chunk: Buffer) => {
     ctx.bytes += chunk.length;
   });
+  await sendBody(mirror, ctx, blob, () => pipeline(source, res));
+}
+
+/**
+ * Stream a body with `send`, then count the bytes served. A client that went away is normal;
+ * a failed download must cut the connection (the only honest signal once headers are sent).
+ */
+async function sendBody(mirror: Mirror, ctx: RequestContext, blob: BlobResult, send: () => Promise<void>): Promise<void> {
+  const { res } = ctx;
   try {
-    await pipeline(source, res);
-    mirror.metrics.bytesServed.inc({ source: fromCache ? 'cache' : 'upstream' }, ctx.bytes);
+    await send();
   } catch (err) {
-    mirror.metrics.bytesServed.inc({ source: fromCache ? 'cache' : 'upstream' }, ctx.bytes);
-    // A client that went away is normal; a failed download must cut the connection.
     if (!res.destroyed) res.destroy(err instanceof Error ? err : undefined);
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ERR_STREAM_PREMATURE_CLOSE') {
       mirror.logger.warn({ reqId: ctx.id, digest: blob.digest, err: (err as Error).message }, 'blob response cut short');
     }
+  } finally {
+    mirror.metrics.bytesServed.inc({ source: blob.outcome === 'hit' ? 'cache' : 'upstream' }, ctx.bytes);
   }
 }
 
@@ -105,28 +112,20 @@ async function serveMultipart(mirror: Mirror, ctx: RequestContext, blob: BlobRes
     res.end();
     return;
   }
-  const fromCache = blob.outcome === 'hit';
-  try {
+  const open = blob.open;
+  await sendBody(mirror, ctx, blob, async () => {
     for (const part of body.parts) {
       if (res.destroyed) throw prematureClose();
       res.write(part.head);
       const { start, end } = part.range;
-      const sent = await copyPart(blob.open(start, end), res, (n) => {
+      const sent = await copyPart(open(start, end), res, (n) => {
         ctx.bytes += n;
       });
       // A short part would shift the framing and leave the client waiting for the rest.
       if (sent !== end - start + 1) throw new Error(`part ${start}-${end} ended after ${sent} bytes`);
     }
     res.end(body.tail);
-    mirror.metrics.bytesServed.inc({ source: fromCache ? 'cache' : 'upstream' }, ctx.bytes);
-  } catch (err) {
-    mirror.metrics.bytesServed.inc({ source: fromCache ? 'cache' : 'upstream' }, ctx.bytes);
-    if (!res.destroyed) res.destroy(err instanceof Error ? err : undefined);
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'ERR_STREAM_PREMATURE_CLOSE') {
-      mirror.logger.warn({ reqId: ctx.id, digest: blob.digest, err: (err as Error).message }, 'blob response cut short');
-    }
-  }
+  });
 }
 
 /**
