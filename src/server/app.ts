@@ -104,6 +104,7 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
   const q = rawUrl.indexOf('?');
   const path = q >= 0 ? rawUrl.slice(0, q) : rawUrl;
   let parsedQuery: URLSearchParams | undefined;
+  const fromPeer = isPeerRequest(mirror, req, state);
   const ctx: RequestContext = {
     req,
     res,
@@ -116,12 +117,10 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
       return parsedQuery;
     },
     bytes: 0,
-    fromPeer: false,
-    client: undefined,
+    fromPeer,
+    // A peer replica forwards its own clients' misses: they were counted there.
+    client: fromPeer ? undefined : req.socket.remoteAddress,
   };
-  ctx.fromPeer = isPeerRequest(mirror, req, state);
-  // A peer replica forwards its own clients' misses: they were counted there.
-  ctx.client = ctx.fromPeer ? undefined : req.socket.remoteAddress;
   res.setHeader('X-Request-Id', ctx.id);
   if (state.shuttingDown) res.setHeader('Connection', 'close');
   res.once('close', () => accessLog(mirror, ctx, state));
