@@ -3,6 +3,7 @@
 // bearer tokens are cached per (upstream, scope) until shortly before they expire.
 // https://distribution.github.io/distribution/spec/auth/token/
 
+import { LRUCache } from 'lru-cache';
 import type { Clock } from '../clock.js';
 
 export interface Challenge {
@@ -109,16 +110,25 @@ export function parseTokenResponse(body: unknown, now: number): TokenResponse {
   return { token, expiresAt: issuedAt + expiresIn * 1000 };
 }
 
-/** Bearer tokens per (upstream, service, scope), refreshed before they expire. */
+/**
+ * Bearer tokens per (upstream, service, scope), refreshed before they expire. A scope names
+ * one repository, so clients decide how many keys there are: the least recently used go
+ * past MAX_ENTRIES, and each entry lives only until its refresh time (lru-cache's TTL on our clock).
+ */
 export class TokenCache {
-  private readonly tokens = new Map<string, { token: string; refreshAt: number }>();
+  /** Tokens are ~1–3 KB (JWTs): a few MB at most. */
+  static readonly MAX_ENTRIES = 4096;
+  private readonly tokens: LRUCache<string, { token: string; refreshAt: number }>;
+  /** In-flight fetches: bounded by the requests waiting for them. */
   private readonly pending = new Map<string, Promise<string>>();
 
   constructor(
     private readonly clock: Clock,
     /** Refresh this long before expiry (a pull that starts now must not fail halfway). */
     private readonly marginMs = 10_000,
-  ) {}
+  ) {
+    this.tokens = new LRUCache({ max: TokenCache.MAX_ENTRIES, perf: clock });
+  }
 
   static key(upstream: string, service: string, scope: string): string {
     return `${upstream}\u0000${service}\u0000${scope}`;
@@ -136,8 +146,11 @@ export class TokenCache {
 
   set(key: string, token: TokenResponse): void {
     // Short-lived tokens refresh after three quarters of their life, long ones marginMs early.
-    const life = token.expiresAt - this.clock.now();
-    this.tokens.set(key, { token: token.token, refreshAt: token.expiresAt - Math.min(this.marginMs, life / 4) });
+    const now = this.clock.now();
+    const life = token.expiresAt - now;
+    const refreshAt = token.expiresAt - Math.min(this.marginMs, life / 4);
+    if (refreshAt <= now) return;
+    this.tokens.set(key, { token: token.token, refreshAt }, { ttl: refreshAt - now });
   }
 
   invalidate(key: string): void {

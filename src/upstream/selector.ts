@@ -3,6 +3,7 @@
 // upstream host or alias (podman/CRI-O path-prefix mirrors), then the default upstream.
 // A namespace that names no configured upstream is refused: the mirror is never an open proxy.
 
+import { LRUCache } from 'lru-cache';
 import { RegistryError } from '../oci/errors.js';
 import { validateRepositoryName } from '../oci/reference.js';
 import type { UpstreamRegistry } from './registry.js';
@@ -17,8 +18,12 @@ export interface Route {
 
 export class UpstreamSelector {
   private readonly byHost = new Map<string, UpstreamRegistry>();
-  /** Routes already worked out (validation and globs cost more than a lookup), bounded. */
-  private readonly routes = new Map<string, Route>();
+  /**
+   * Routes already worked out (validation and globs cost more than a lookup). Names come from
+   * clients: least recently used first out, so one client walking through names never
+   * flushes the routes everyone else is using.
+   */
+  private readonly routes = new LRUCache<string, Route>({ max: 10_000 });
 
   constructor(
     readonly upstreams: readonly UpstreamRegistry[],
@@ -43,7 +48,6 @@ export class UpstreamSelector {
     const known = this.routes.get(key);
     if (known) return known;
     const route = this.resolve(name, ns);
-    if (this.routes.size >= 10_000) this.routes.clear();
     this.routes.set(key, route);
     return route;
   }

@@ -73,4 +73,13 @@ describe('token cache', () => {
     expect(await cache.getOrFetch('k', fetch)).toBe('t2');
     expect(fetches).toBe(2);
   });
+  it('holds a bounded number of tokens however many repositories are pulled (issue 13)', async () => {
+    const clock = new ManualClock();
+    const cache = new TokenCache(clock);
+    // One scope per repository: a client walking through names must not grow the map forever.
+    for (let i = 0; i < 20_000; i++) cache.set(TokenCache.key('docker.io', 'registry', `repository:r${i}:pull`), { token: `t${i}`, expiresAt: clock.now() + 300_000 });
+    expect(cache['tokens'].size).toBeLessThanOrEqual(4096);
+    // The most recent ones are still there.
+    expect(cache.get(TokenCache.key('docker.io', 'registry', 'repository:r19999:pull'))).toBe('t19999');
+  });
 });

@@ -93,3 +93,17 @@ describe('UpstreamSelector', () => {
     expect(refusal(() => s.select(`team/${'c'.repeat(251)}`, null))).toEqual({ code: 'NAME_INVALID', status: 400 });
   });
 });
+
+describe('the route cache (issue 13)', () => {
+  it('keeps a route in use while a client walks through thousands of other names (LRU, not cleared wholesale)', () => {
+    const s = selector();
+    const hot = s.select('library/alpine', null);
+    for (let i = 0; i < 25_000; i++) {
+      s.select(`walker/name-${i}`, null);
+      if (i % 1000 === 0) s.select('library/alpine', null);
+    }
+    // The very same object: it was never dropped and worked out again.
+    expect(s.select('library/alpine', null)).toBe(hot);
+    expect(s['routes'].size).toBeLessThanOrEqual(10_000);
+  });
+});
