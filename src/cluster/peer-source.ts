@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import type { DownloadSource } from '../cache/download-source.js';
 import type { Config } from '../config.js';
+import { readLimited } from '../http/body.js';
 import { parseContentLength, parseContentRange } from '../http/headers.js';
 import { parseErrorBody, RegistryError } from '../oci/errors.js';
 import type { Digest } from '../oci/reference.js';
@@ -16,6 +17,9 @@ import { PEER_HEADER, signPeerRequest } from './peer-auth.js';
 import { HashRing } from './ring.js';
 
 export { PEER_HEADER } from './peer-auth.js';
+
+/** An owner's error body is a small JSON envelope. */
+const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
 export class Peers {
   private readonly ring: HashRing;
@@ -60,10 +64,15 @@ export class Peers {
             if (res.statusCode === 200 && offset === 0) return { body: res.body, totalSize: parseContentLength(res.headers) };
             const range = parseContentRange(res.headers);
             if (res.statusCode === 206 && range && range.total !== undefined && range.start === offset) return { body: res.body, totalSize: range.total };
-            const text = await res.body.text().catch(() => '');
-            // The owner's 404 is the upstream's: say so rather than ask again.
-            if (res.statusCode === 404) throw new RegistryError('BLOB_UNKNOWN', `blob unknown to upstream ${route.upstream.name}`, { detail: { via: owner, upstreamError: parseErrorBody(text)[0] } });
-            throw new Error(`peer ${owner} answered ${res.statusCode}`);
+            // The owner's 404 is the upstream's: say so rather than ask again. Only an error
+            // body is read, and only so much of it.
+            if (res.statusCode === 404) {
+              const text = await readLimited(res.body, MAX_ERROR_BODY_BYTES).then((b) => b.toString('utf8'), () => '');
+              throw new RegistryError('BLOB_UNKNOWN', `blob unknown to upstream ${route.upstream.name}`, { detail: { via: owner, upstreamError: parseErrorBody(text)[0] } });
+            }
+            // Anything else (a whole blob for a resume, a 5xx) is not read: the connection goes.
+            res.body.destroy();
+            throw new Error(`peer ${owner} answered ${res.statusCode}${res.statusCode === 200 ? ' (the whole blob) to a range request' : ''}`);
           } catch (err) {
             if (err instanceof RegistryError) throw err;
             this.logger.warn({ digest: digest.value, peer: owner, err: (err as Error).message }, 'peer unavailable; fetching from the upstream instead');
