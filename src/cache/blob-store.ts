@@ -24,7 +24,11 @@ export interface BlobStore {
   stat(digest: Digest): Promise<StoredObject | undefined>;
   /** Bytes [start, end] (inclusive). */
   createReadStream(digest: Digest, start?: number, end?: number): Readable;
-  read(digest: Digest): Promise<Buffer | undefined>;
+  /**
+   * The whole object in memory: only for small content (manifests). Bigger than `maxBytes`
+   * → ContentTooLarge, decided by the object's size before any of it is read.
+   */
+  read(digest: Digest, maxBytes?: number): Promise<Buffer | undefined>;
   /** Move a verified, fsynced scratch file into the store (the temp file is gone afterwards). */
   commit(tempPath: string, digest: Digest): Promise<void>;
   /** Store small verified content (manifests) in one go. */
@@ -37,3 +41,14 @@ export interface BlobStore {
 
 /** Read chunk for serving cached blobs: the hit path's throughput depends on it (DESIGN 3b). */
 export const READ_CHUNK_BYTES = 1024 * 1024;
+
+/** A stored object bigger than its reader's limit (a layer asked for as a manifest): refused unread. */
+export class ContentTooLarge extends Error {
+  constructor(
+    readonly digest: string,
+    readonly size: number,
+    readonly limit: number,
+  ) {
+    super(`${digest} is ${size} bytes, larger than the ${limit} bytes it may have here`);
+  }
+}

@@ -2,10 +2,10 @@
 // at the top of blob-store.ts.
 
 import { createReadStream, type ReadStream } from 'node:fs';
-import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Digest } from '../oci/reference.js';
-import { READ_CHUNK_BYTES, type BlobStore, type StoredObject } from './blob-store.js';
+import { ContentTooLarge, READ_CHUNK_BYTES, type BlobStore, type StoredObject } from './blob-store.js';
 import type { ScratchSpace } from './scratch.js';
 
 export class FileBlobStore implements BlobStore {
@@ -42,12 +42,20 @@ export class FileBlobStore implements BlobStore {
     return createReadStream(this.pathOf(digest), { start, end, highWaterMark: READ_CHUNK_BYTES });
   }
 
-  async read(digest: Digest): Promise<Buffer | undefined> {
+  async read(digest: Digest, maxBytes = Infinity): Promise<Buffer | undefined> {
+    let handle;
     try {
-      return await readFile(this.pathOf(digest));
+      handle = await open(this.pathOf(digest), 'r');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
+    }
+    try {
+      const { size } = await handle.stat();
+      if (size > maxBytes) throw new ContentTooLarge(digest.value, size, maxBytes);
+      return await handle.readFile();
+    } finally {
+      await handle.close();
     }
   }
 

@@ -8,7 +8,7 @@ import type { Clock } from '../clock.js';
 import { digestOf } from '../oci/digest.js';
 import { childDigests, MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from '../oci/manifest.js';
 import { parseDigest, type Digest } from '../oci/reference.js';
-import type { BlobStore } from './blob-store.js';
+import { ContentTooLarge, type BlobStore } from './blob-store.js';
 import type { CacheIndex } from './index.js';
 
 export interface StoredManifest {
@@ -34,7 +34,11 @@ export class ManifestCache {
     if (cached) return cached;
     const row = this.index.getManifest(digest.value);
     if (!row) return this.store.kind === 's3' ? this.adoptShared(digest) : undefined;
-    const bytes = await this.store.read(digest);
+    // A manifest is at most MAX_MANIFEST_BYTES: anything bigger is not one (a damaged store).
+    const bytes = await this.store.read(digest, MAX_MANIFEST_BYTES).catch((err: unknown) => {
+      if (err instanceof ContentTooLarge) return undefined;
+      throw err;
+    });
     if (!bytes) {
       // Index and disk disagree: the disk wins.
       this.index.deleteManifest(digest.value);
@@ -80,8 +84,9 @@ export class ManifestCache {
    * see it is still decided by links (core/repository-access.ts).
    */
   private async adoptShared(digest: Digest): Promise<StoredManifest | undefined> {
-    const bytes = await this.store.read(digest).catch(() => undefined);
-    if (!bytes || bytes.length > MAX_MANIFEST_BYTES || digestOf(bytes, digest.algorithm) !== digest.value) return undefined;
+    // Any digest can be asked for as a manifest (a layer's too): refused by its size, unread.
+    const bytes = await this.store.read(digest, MAX_MANIFEST_BYTES).catch(() => undefined);
+    if (!bytes || digestOf(bytes, digest.algorithm) !== digest.value) return undefined;
     let parsed;
     try {
       parsed = parseManifest(bytes);

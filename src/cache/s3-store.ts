@@ -18,8 +18,9 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import type { S3StoreOptions } from '../config.js';
+import { BodyTooLarge, readLimited } from '../http/body.js';
 import type { Digest } from '../oci/reference.js';
-import type { BlobStore, StoredObject } from './blob-store.js';
+import { ContentTooLarge, type BlobStore, type StoredObject } from './blob-store.js';
 
 function notFound(err: unknown): boolean {
   if (err instanceof S3ServiceException) return err.$metadata.httpStatusCode === 404 || err.name === 'NotFound' || err.name === 'NoSuchKey';
@@ -76,14 +77,24 @@ export class S3BlobStore implements BlobStore {
     return out;
   }
 
-  async read(digest: Digest): Promise<Buffer | undefined> {
+  async read(digest: Digest, maxBytes = Infinity): Promise<Buffer | undefined> {
+    let res;
     try {
-      const res = await this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: this.key(digest) }));
-      return Buffer.from(await res.Body!.transformToByteArray());
+      res = await this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: this.key(digest) }));
     } catch (err) {
       if (notFound(err)) return undefined;
       throw err;
     }
+    const body = res.Body as Readable | undefined;
+    if (!body) throw new Error('empty S3 response body');
+    // The size is in the answer's headers: a big object is refused before its body is read.
+    if (res.ContentLength !== undefined && res.ContentLength > maxBytes) {
+      body.destroy();
+      throw new ContentTooLarge(digest.value, res.ContentLength, maxBytes);
+    }
+    return readLimited(body, maxBytes).catch((err: unknown) => {
+      throw err instanceof BodyTooLarge ? new ContentTooLarge(digest.value, Number.NaN, maxBytes) : err;
+    });
   }
 
   async commit(tempPath: string, digest: Digest): Promise<void> {

@@ -2,7 +2,14 @@
 
 import type { Readable } from 'node:stream';
 
-/** The whole body, or an error (and a destroyed stream) once it passes `limit` bytes. */
+/** A body went past the limit its reader set. */
+export class BodyTooLarge extends Error {
+  constructor(readonly limit: number) {
+    super(`body larger than ${limit} bytes`);
+  }
+}
+
+/** The whole body, or BodyTooLarge (and a destroyed stream) once it passes `limit` bytes. */
 export async function readLimited(body: Readable, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
@@ -10,7 +17,7 @@ export async function readLimited(body: Readable, limit: number): Promise<Buffer
     total += chunk.length;
     if (total > limit) {
       body.destroy();
-      throw new Error(`body larger than ${limit} bytes`);
+      throw new BodyTooLarge(limit);
     }
     chunks.push(chunk);
   }

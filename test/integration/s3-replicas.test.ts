@@ -175,4 +175,27 @@ describe('replicas sharing a bucket', () => {
       await slow.stop();
     }
   });
+
+  it('a layer in the bucket asked for as a manifest is refused by its size, never read into memory (issue 13)', async () => {
+    await createBucket(rgw, 'big-as-manifest');
+    // A 32 MiB "layer" another replica stored: this replica has no index row for it.
+    const bytes = Buffer.alloc(32 * 1024 * 1024);
+    for (let i = 0; i < bytes.length; i += 4096) bytes.writeUInt32LE(i, i);
+    const digest = sha(bytes);
+    const store = new S3BlobStore({ ...s3Settings('big-as-manifest'), prefix: '', forcePathStyle: true, redirectTtlMs: 0 });
+    await store.write(parseDigest(digest), bytes);
+    const m = await replica('big-as-manifest');
+    // What the store hands out into memory, whichever way it is asked.
+    let readIntoMemory = 0;
+    const read = m.mirror.store.read.bind(m.mirror.store);
+    m.mirror.store.read = async (...args: Parameters<typeof read>) => {
+      const out = await read(...args);
+      readIntoMemory += out?.length ?? 0;
+      return out;
+    };
+    const r = await get(`${m.url}/v2/library/alpine/manifests/${digest}`);
+    expect(r.status).toBeGreaterThanOrEqual(400);
+    expect(r.status).toBeLessThan(500);
+    expect(readIntoMemory).toBeLessThanOrEqual(4 * 1024 * 1024);
+  });
 });
