@@ -337,12 +337,20 @@ export class BlobDownload extends EventEmitter {
 
   /**
    * A stream of bytes `[start, end]` (inclusive; end undefined = to the end of the blob)
-   * that follows the download. Call only while state is 'running' (the temp file must
-   * still have its name); the reader keeps its own fd, so the rename at commit is fine.
+   * that follows the download, read from its temp file at the client's pace. While the
+   * download commits (an S3 upload can take long) the verified temp file is still read;
+   * undefined once it is gone (renamed into the store, or uploaded and removed): the store
+   * has the blob then. The reader keeps its own fd, so the rename or removal is fine.
    */
-  createReader(start: number, end: number | undefined): Readable {
-    if (this.state !== 'running' || !this.tempPath) throw new Error('download is not running');
-    const fd = openSync(this.tempPath, 'r');
+  createReader(start: number, end: number | undefined): Readable | undefined {
+    if ((this.state !== 'running' && this.state !== 'committing') || !this.tempPath) return undefined;
+    let fd: number;
+    try {
+      fd = openSync(this.tempPath, 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && this.state === 'committing') return undefined;
+      throw err;
+    }
     this.readers++;
     this.clearIdleTimer();
     return new GrowingFileReader(this, fd, start, end, () => {

@@ -4,9 +4,10 @@
 // the upstream, or from the replica that owns the digest. A disk without room for the blob
 // passes it through, verified and uncached.
 
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
-import type { BlobStore } from '../cache/blob-store.js';
+import { READ_CHUNK_BYTES, type BlobStore } from '../cache/blob-store.js';
 import type { BlobDownload, Downloads } from '../cache/downloads.js';
 import type { ScratchSpace } from '../cache/scratch.js';
 import type { Peers } from '../cluster/peer-source.js';
@@ -144,21 +145,25 @@ export class BlobService {
     return stream;
   }
 
-  /** Follow a running download, or the store once it has committed. */
+  /**
+   * Follow a running download (its temp file, also while it commits), or the store once it
+   * has committed. Every path streams with backpressure: a paused client holds no copy.
+   */
   private readDownload(download: BlobDownload, digest: Digest, start: number, end: number | undefined): Readable {
-    if (download.state === 'running') return download.createReader(start, end);
     if (download.state === 'done') return this.serveFromStore(digest, start, end);
     if (download.state === 'failed') {
       const failed = new Readable({ read() {} });
       failed.destroy(download.error ?? new Error('download failed'));
       return failed;
     }
-    // Committing: the rename is moments away.
-    const out = new Readable({ read() {} });
+    const reader = download.createReader(start, end);
+    if (reader) return reader;
+    // Committing, and the temp file has just left: the store has the blob in a moment.
+    const out = new PassThrough({ highWaterMark: READ_CHUNK_BYTES });
     download.finished.then(
       () => {
-        const from = this.deps.store.createReadStream(digest, start, end);
-        from.on('data', (c) => out.push(c)).on('end', () => out.push(null)).on('error', (e) => out.destroy(e));
+        if (out.destroyed) return;
+        pipeline(this.serveFromStore(digest, start, end), out).catch((err: unknown) => out.destroy(err instanceof Error ? err : new Error(String(err))));
       },
       (err: unknown) => out.destroy(err instanceof Error ? err : new Error(String(err))),
     );
