@@ -222,6 +222,21 @@ const configSchema = z.strictObject({
       segmentThreshold: size.prefault('32MiB'),
       /** …this many at once (1 = always one stream). */
       segments: z.number().int().min(1).max(32).prefault(1),
+      /**
+       * At most this many blob downloads run at once (0 = unbounded); more new ones wait in a
+       * queue. Joining a running download is never limited. A peer replica's request is not
+       * counted again (the replica that forwarded it already holds a slot).
+       */
+      maxConcurrent: z.number().int().min(0).prefault(64),
+      /** At most this many new downloads wait for a slot; past it they are refused (429 TOOMANYREQUESTS, Retry-After). */
+      maxQueued: z.number().int().min(0).prefault(256),
+      /** The longest a new download waits for a slot before it is refused the same way. */
+      queueTimeout: duration.prefault('30s'),
+      /**
+       * A download no client is reading any more is cancelled after this long (0 = never early),
+       * unless it is more than half done or has less than 8 MiB to go: then it finishes, within writeTimeout.
+       */
+      abandonAfter: duration.prefault('15s'),
     })
     .prefault({}),
 });
@@ -280,7 +295,15 @@ export interface Config {
   breaker: { failures: number; cooldownMs: number };
   clientMisses: { perMinute: number };
   revalidation: { perSecond: number; burst: number; rateLimitReserve: number };
-  downloads: { resumeAttempts: number; writeTimeoutMs: number; segmentThreshold: number };
+  downloads: {
+    resumeAttempts: number;
+    writeTimeoutMs: number;
+    segmentThreshold: number;
+    maxConcurrent: number;
+    maxQueued: number;
+    queueTimeoutMs: number;
+    abandonAfterMs: number;
+  };
 }
 
 export class ConfigError extends Error {
@@ -488,7 +511,15 @@ export function buildConfig(
     breaker: { failures: parsed.breaker.failures, cooldownMs: parsed.breaker.cooldown },
     clientMisses: { perMinute: parsed.clientMisses.perMinute },
     revalidation: parsed.revalidation,
-    downloads: { resumeAttempts: parsed.downloads.resumeAttempts, writeTimeoutMs: parsed.downloads.writeTimeout, segmentThreshold: parsed.downloads.segmentThreshold },
+    downloads: {
+      resumeAttempts: parsed.downloads.resumeAttempts,
+      writeTimeoutMs: parsed.downloads.writeTimeout,
+      segmentThreshold: parsed.downloads.segmentThreshold,
+      maxConcurrent: parsed.downloads.maxConcurrent,
+      maxQueued: parsed.downloads.maxQueued,
+      queueTimeoutMs: parsed.downloads.queueTimeout,
+      abandonAfterMs: parsed.downloads.abandonAfter,
+    },
   };
   return deepFreeze(config);
 }

@@ -15,10 +15,13 @@ export class MirrorMetrics {
     cacheBytes(): number;
     cacheObjects(): number;
     breakers(): { upstream: string; state: 'closed' | 'open' | 'half-open' }[];
+    downloadSlots(): { active: number; queued: number };
   }): void {
     const registers = [this.registry];
     new Gauge({ name: 'mirror_cache_bytes', help: 'Bytes of verified content in the cache', registers, collect() { this.set(source.cacheBytes()); } });
     new Gauge({ name: 'mirror_cache_objects', help: 'Blobs and manifests in the cache', registers, collect() { this.set(source.cacheObjects()); } });
+    new Gauge({ name: 'mirror_downloads_active', help: 'Blob downloads holding a slot of downloads.maxConcurrent', registers, collect() { this.set(source.downloadSlots().active); } });
+    new Gauge({ name: 'mirror_downloads_queued', help: 'New blob downloads waiting for a slot', registers, collect() { this.set(source.downloadSlots().queued); } });
     new Gauge({
       name: 'mirror_upstream_up',
       help: 'Circuit breaker per upstream: 1 closed (up), 0.5 probing, 0 open (marked down)',
@@ -53,6 +56,8 @@ export class MirrorMetrics {
   });
   readonly staleServed = this.counter('mirror_stale_served_total', 'Tag manifests served past their TTL because the upstream could not revalidate them', ['upstream', 'reason']);
   readonly downloadsInFlight = this.gauge('mirror_downloads_in_flight', 'Blob downloads from upstreams in progress');
+  readonly downloadsRefused = this.counter('mirror_downloads_refused_total', 'New blob downloads refused with 429: the queue for a download slot was full or the wait too long');
+  readonly downloadsAbandoned = this.counter('mirror_downloads_abandoned_total', 'Blob downloads cancelled because no client read them any more');
   readonly digestMismatches = this.counter('mirror_digest_mismatches_total', 'Upstream content refused because it did not match its digest', ['upstream']);
   readonly evictions = this.counter('mirror_evictions_total', 'Objects evicted from the cache (least recently used first)');
   readonly evictedBytes = this.counter('mirror_evicted_bytes_total', 'Bytes evicted from the cache');

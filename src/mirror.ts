@@ -12,6 +12,7 @@ import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { BlobStore } from './cache/blob-store.js';
+import { DownloadLimiter } from './cache/download-limiter.js';
 import { Downloads } from './cache/downloads.js';
 import { Evictor } from './cache/eviction.js';
 import { CacheIndex } from './cache/index.js';
@@ -187,10 +188,14 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     },
   );
   manifestCache = new ManifestCache(store, index, { clock, logger, onAdded: (bytes) => evictor.added(bytes) });
+  const limiter = new DownloadLimiter(config.downloads, () => metrics.downloadsRefused.inc());
   const downloads = new Downloads({ store, scratch }, {
     resumeAttempts: config.downloads.resumeAttempts,
     writeTimeoutMs: config.downloads.writeTimeoutMs,
+    abandonAfterMs: config.downloads.abandonAfterMs,
     segmentThreshold: config.downloads.segmentThreshold,
+    limiter,
+    onAbandoned: () => metrics.downloadsAbandoned.inc(),
     logger,
     onCommitted: (digest, size) => {
       index.putBlob(digest.value, size, clock.now());
@@ -214,6 +219,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
       return u.blobs + u.manifests;
     },
     breakers: () => upstreams.all().map((c) => ({ upstream: c.registry.name, state: c.breaker.state })),
+    downloadSlots: () => ({ active: limiter.active, queued: limiter.queued }),
   });
   return new Mirror({
     config, logger, clock, metrics, selector, upstreams, store, scratch, index, downloads, evictor, manifests, blobs, tagLists, catalog, peers,

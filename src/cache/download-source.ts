@@ -16,11 +16,12 @@ export interface DownloadSource {
   /**
    * Open the body at `offset` (0 = the whole blob). Resolves with the stream and the
    * blob's total size when the upstream said it; rejects with a RegistryError when the
-   * upstream refuses (404, 429, …) or another error when it cannot be reached.
+   * upstream refuses (404, 429, …) or another error when it cannot be reached. `signal`
+   * aborts the request (the download was cancelled) and its body.
    */
-  open(offset: number): Promise<{ body: Readable; totalSize: number | undefined; etag?: string | undefined; acceptsRanges?: boolean }>;
+  open(offset: number, signal?: AbortSignal): Promise<{ body: Readable; totalSize: number | undefined; etag?: string | undefined; acceptsRanges?: boolean }>;
   /** GET bytes [start, end] (inclusive), for segmented downloads. */
-  openRange?(start: number, end: number): Promise<RangeAnswer>;
+  openRange?(start: number, end: number, signal?: AbortSignal): Promise<RangeAnswer>;
   /** Segments to use for a big blob from this source (1 = one stream). */
   segments?: number;
   /** Paces consumption when the upstream has a bandwidth cap. */

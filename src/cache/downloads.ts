@@ -4,7 +4,9 @@
 // client that asks for that digest, now or while it downloads, reads the temp file as
 // it grows, each at its own pace (its own fd, its own position). The writer never waits
 // for a reader, so a slow or vanished client never slows the download, and a
-// download outlives every client (bounded by writeTimeout once nobody is waiting).
+// download outlives the client that started it, but not by much once nobody reads it: it is
+// cancelled after abandonAfter unless nearly done, and stopped at writeTimeout in any case.
+// New downloads take a slot of the global limit (download-limiter.ts); joining does not.
 // A dropped upstream connection resumes with `Range: bytes=N-`, the hash carried on.
 // Only after the digest matches is the file fsynced and renamed into the store; on a
 // mismatch every reader is destroyed (their clients see a cut connection, never bad
@@ -20,6 +22,7 @@ import { DigestVerifier } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { Digest } from '../oci/reference.js';
 import type { BlobStore } from './blob-store.js';
+import type { DownloadLimiter } from './download-limiter.js';
 import type { DownloadSource } from './download-source.js';
 import { GrowingFileReader } from './growing-file-reader.js';
 import type { ScratchSpace } from './scratch.js';
@@ -27,13 +30,26 @@ import type { ScratchSpace } from './scratch.js';
 /** The upstream cannot be trusted with segments (ignored Range, content changed): use one stream. */
 class SegmentFallback extends Error {}
 
+/**
+ * A download nobody reads any more still finishes when this close to done: more than half
+ * of it is here, or this little is left (cheaper to keep than to fetch again later).
+ */
+const WORTH_FINISHING_BYTES = 8 * 1024 * 1024;
+
 export type DownloadState = 'running' | 'committing' | 'done' | 'failed';
 
 export interface DownloadOptions {
   resumeAttempts: number;
   /** Blobs at least this big are fetched in segments when the source allows it. */
   segmentThreshold: number;
+  /** The longest a download goes on once no client reads it. */
   writeTimeoutMs: number;
+  /** Cancelled sooner, after this long without a reader, unless worth finishing (0 = never sooner). */
+  abandonAfterMs: number;
+  /** The global bound on downloads at once (none: unbounded). */
+  limiter?: DownloadLimiter;
+  /** Told of every download stopped because no client read it any more (a metric). */
+  onAbandoned?(): void;
   logger: Logger;
   /** Called once the verified blob is in the store. */
   onCommitted(digest: Digest, size: number): void;
@@ -57,6 +73,8 @@ export class BlobDownload extends EventEmitter {
   readonly finished: Promise<void>;
   private readers = 0;
   private idleTimer: NodeJS.Timeout | undefined;
+  /** Aborted when the download fails: a slot it waits for, upstream requests it waits on. */
+  private readonly stopped = new AbortController();
   private currentBody: Readable | undefined;
   private readonly activeBodies = new Set<Readable>();
   private resolveReady!: () => void;
@@ -69,6 +87,8 @@ export class BlobDownload extends EventEmitter {
     private readonly storage: { store: BlobStore; scratch: ScratchSpace },
     private readonly source: DownloadSource,
     private readonly options: DownloadOptions,
+    /** Takes a slot of the global limit (a peer's request does not: its replica holds one). */
+    private readonly limited = true,
   ) {
     super();
     this.setMaxListeners(0);
@@ -88,6 +108,25 @@ export class BlobDownload extends EventEmitter {
   /** Runs the download to its end; never rejects (the outcome is in state/error). */
   async run(): Promise<void> {
     const verifier = new DigestVerifier(this.digest);
+    let releaseSlot = () => {};
+    const limiter = this.limited ? this.options.limiter : undefined;
+    if (limiter) {
+      try {
+        releaseSlot = await limiter.acquire(this.stopped.signal);
+      } catch (err) {
+        this.fail(err instanceof Error ? err : new Error(String(err)));
+        return;
+      }
+    }
+    try {
+      await this.transferAndCommit(verifier, releaseSlot);
+    } finally {
+      releaseSlot();
+    }
+  }
+
+  /** Fetch into a temp file, verify, commit; the slot goes back once the source is read. */
+  private async transferAndCommit(verifier: DigestVerifier, releaseSlot: () => void): Promise<void> {
     const temp = await this.storage.scratch.createTemp().catch((err: unknown) => {
       this.fail(err instanceof Error ? err : new Error(String(err)));
       return undefined;
@@ -100,12 +139,18 @@ export class BlobDownload extends EventEmitter {
       let segmentsTried = false;
       for (let attempt = 0; ; attempt++) {
         try {
-          const { body, totalSize, etag, acceptsRanges } = await this.source.open(this.written);
+          const { body, totalSize, etag, acceptsRanges } = await this.source.open(this.written, this.stopped.signal);
+          if (this.state !== 'running') {
+            body.destroy();
+            throw this.error ?? new Error('download aborted');
+          }
           if (this.totalSize === undefined) this.totalSize = totalSize;
           else if (totalSize !== undefined && totalSize !== this.totalSize) {
             throw new RegistryError('BLOB_UNKNOWN', 'upstream changed the blob size while resuming', { status: 502, detail: { digest: this.digest.value } });
           }
           this.resolveReady();
+          // Clients read it from now on; none might (they all left while it was opening).
+          if (this.readers === 0 && !this.idleTimer) this.startIdleTimer();
           const segments = this.source.segments ?? 1;
           if (
             !segmentsTried && this.written === 0 && segments > 1 && this.source.openRange && acceptsRanges !== false &&
@@ -147,6 +192,8 @@ export class BlobDownload extends EventEmitter {
           );
         }
       }
+      // Every byte is here: the source is done with, and its slot free for another download.
+      releaseSlot();
       const computed = verifier.finish();
       if (computed !== this.digest.value) {
         throw new RegistryError('DIGEST_INVALID', 'upstream sent content that does not match its digest', {
@@ -267,13 +314,38 @@ export class BlobDownload extends EventEmitter {
       });
       return hashing;
     };
+    // The first segment that fails for good stops the others at once: their bytes would be
+    // thrown away, and their upstream connections are someone else's bandwidth.
+    const cancel = new AbortController();
+    const signal = AbortSignal.any([cancel.signal, this.stopped.signal]);
+    const bodies = new Set<Readable>();
+    let firstFailure: Error | undefined;
+    const stopOthers = (err: Error) => {
+      if (firstFailure) return;
+      firstFailure = err;
+      cancel.abort(new Error(`another segment failed: ${err.message}`));
+      for (const b of bodies) b.destroy();
+    };
     const fetchSegment = async (seg: (typeof segments)[number], index: number) => {
+      try {
+        await fetchSegmentOnce(seg, index);
+      } catch (err) {
+        stopOthers(err as Error);
+        throw err;
+      }
+    };
+    const fetchSegmentOnce = async (seg: (typeof segments)[number], index: number) => {
       for (let attempt = 0; seg.pos <= seg.end; attempt++) {
         let body: Readable;
         if (index === 0 && attempt === 0) body = first;
         else {
-          const answer = await this.source.openRange!(seg.pos, seg.end);
+          if (signal.aborted) throw signal.reason as Error;
+          const answer = await this.source.openRange!(seg.pos, seg.end, signal);
           body = answer.body;
+          if (signal.aborted) {
+            body.destroy();
+            throw signal.reason as Error;
+          }
           const r = answer.range;
           const honest = answer.status === 206 && r && r.start === seg.pos && r.end === seg.end && r.total === total && (!etag || !answer.etag || answer.etag === etag);
           if (!honest) {
@@ -284,6 +356,7 @@ export class BlobDownload extends EventEmitter {
           }
         }
         this.activeBodies.add(body);
+        bodies.add(body);
         try {
           for await (const chunk of body as AsyncIterable<Buffer>) {
             if (this.state !== 'running') throw this.error ?? new Error('download aborted');
@@ -295,12 +368,14 @@ export class BlobDownload extends EventEmitter {
             if (seg.pos > seg.end) break;
           }
         } catch (err) {
+          if (signal.aborted) throw signal.reason as Error;
           if (err instanceof SegmentFallback || this.state !== 'running' || isLocalFsError(err as Error) || attempt >= this.options.resumeAttempts) throw err;
           this.resumes++;
           this.options.logger.warn({ digest: this.digest.value, segment: index, offset: seg.pos, err: (err as Error).message }, 'segment interrupted; resuming it');
           continue;
         } finally {
           this.activeBodies.delete(body);
+          bodies.delete(body);
           // The first segment's response runs on to the end of the blob: stop it at the boundary.
           if (index === 0 && attempt === 0) body.destroy();
         }
@@ -310,17 +385,16 @@ export class BlobDownload extends EventEmitter {
         }
       }
     };
-    const results = await Promise.allSettled(segments.map((seg, i) => fetchSegment(seg, i)));
-    const failures = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as Error);
+    await Promise.allSettled(segments.map((seg, i) => fetchSegment(seg, i)));
     await advance();
-    if (failures.length === 0) return true;
-    const fallback = failures.find((f) => f instanceof SegmentFallback);
-    if (fallback && this.state === 'running' && !failures.some((f) => f instanceof RegistryError || isLocalFsError(f))) {
-      this.options.logger.warn({ digest: this.digest.value, reason: fallback.message, verifiedPrefix: this.written }, 'segmented download not possible; continuing with one stream');
+    if (!firstFailure) return true;
+    // The first failure is the cause; the others' are the cancellations it caused.
+    if (firstFailure instanceof SegmentFallback && this.state === 'running') {
+      this.options.logger.warn({ digest: this.digest.value, reason: firstFailure.message, verifiedPrefix: this.written }, 'segmented download not possible; continuing with one stream');
       this.segmentsUsed = 1;
       return false;
     }
-    throw failures.find((f) => !(f instanceof SegmentFallback)) ?? fallback;
+    throw firstFailure;
   }
 
   private fail(error: Error): void {
@@ -328,6 +402,7 @@ export class BlobDownload extends EventEmitter {
     this.state = 'failed';
     this.error = error;
     this.clearIdleTimer();
+    this.stopped.abort(error);
     this.currentBody?.destroy(error);
     for (const body of this.activeBodies) body.destroy(error);
     this.rejectReady(error);
@@ -359,12 +434,36 @@ export class BlobDownload extends EventEmitter {
     });
   }
 
+  /**
+   * Nobody reads the download: after abandonAfter it is cancelled, unless worth finishing;
+   * after writeTimeout it is stopped in any case.
+   */
   private startIdleTimer(): void {
     this.clearIdleTimer();
+    const { abandonAfterMs, writeTimeoutMs } = this.options;
+    const early = abandonAfterMs > 0 && abandonAfterMs < writeTimeoutMs;
     this.idleTimer = setTimeout(() => {
-      this.fail(new Error(`download abandoned: no client for ${this.options.writeTimeoutMs} ms`));
-    }, this.options.writeTimeoutMs);
+      if (this.state !== 'running' || this.verified) return;
+      if (early && this.worthFinishing()) {
+        this.options.logger.info({ digest: this.digest.value, bytes: this.written, of: this.totalSize }, 'no client reads this download any more; finishing it, it is nearly done');
+        this.idleTimer = setTimeout(() => this.abandon(writeTimeoutMs), writeTimeoutMs - abandonAfterMs);
+        this.idleTimer.unref();
+        return;
+      }
+      this.abandon(early ? abandonAfterMs : writeTimeoutMs);
+    }, early ? abandonAfterMs : writeTimeoutMs);
     this.idleTimer.unref();
+  }
+
+  private worthFinishing(): boolean {
+    const total = this.totalSize;
+    return total !== undefined && (this.written * 2 >= total || total - this.written <= WORTH_FINISHING_BYTES);
+  }
+
+  private abandon(afterMs: number): void {
+    if (this.state !== 'running' || this.verified) return;
+    this.options.onAbandoned?.();
+    this.fail(new Error(`download abandoned: no client for ${afterMs} ms`));
   }
 
   private clearIdleTimer(): void {
@@ -427,9 +526,12 @@ export class Downloads {
     return this.inFlight.size;
   }
 
-  /** Start a download for `digest`; the caller has checked there is none. */
-  start(digest: Digest, source: DownloadSource): BlobDownload {
-    const download = new BlobDownload(digest, this.storage, source, this.options);
+  /**
+   * Start a download for `digest`; the caller has checked there is none. `limited`: it takes
+   * a slot of the global limit (a peer replica's request does not: that replica holds one).
+   */
+  start(digest: Digest, source: DownloadSource, { limited = true }: { limited?: boolean } = {}): BlobDownload {
+    const download = new BlobDownload(digest, this.storage, source, this.options, limited);
     this.inFlight.set(digest.value, download);
     void download.run().finally(() => {
       if (this.inFlight.get(digest.value) === download) this.inFlight.delete(digest.value);

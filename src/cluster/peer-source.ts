@@ -55,12 +55,12 @@ export class Peers {
     const mark = () => (this.cluster.secret === undefined ? '1' : signPeerRequest(this.cluster.secret, 'GET', signed.pathname + signed.search, this.clock.now()));
     return {
       segments: 1,
-      open: async (offset) => {
+      open: async (offset, signal) => {
         if (!useUpstream) {
           try {
             const headers: Record<string, string> = { [PEER_HEADER]: mark() };
             if (offset > 0) headers.range = `bytes=${offset}-`;
-            const res = await request(url, { method: 'GET', dispatcher: this.agent, headers });
+            const res = await request(url, { method: 'GET', dispatcher: this.agent, headers, signal });
             if (res.statusCode === 200 && offset === 0) return { body: res.body, totalSize: parseContentLength(res.headers) };
             const range = parseContentRange(res.headers);
             if (res.statusCode === 206 && range && range.total !== undefined && range.start === offset) return { body: res.body, totalSize: range.total };
@@ -74,12 +74,12 @@ export class Peers {
             res.body.destroy();
             throw new Error(`peer ${owner} answered ${res.statusCode}${res.statusCode === 200 ? ' (the whole blob) to a range request' : ''}`);
           } catch (err) {
-            if (err instanceof RegistryError) throw err;
+            if (err instanceof RegistryError || signal?.aborted) throw err;
             this.logger.warn({ digest: digest.value, peer: owner, err: (err as Error).message }, 'peer unavailable; fetching from the upstream instead');
             useUpstream = true;
           }
         }
-        return fallback.open(offset);
+        return fallback.open(offset, signal);
       },
     };
   }

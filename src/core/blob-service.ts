@@ -123,7 +123,9 @@ export class BlobService {
     });
     // A peer's request is never forwarded again: the owner downloads it itself.
     const owner = fromPeer ? undefined : peers?.ownerOf(digest);
-    const download = downloads.start(digest, owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream);
+    // A peer's request is not limited again: the replica that forwarded it holds a slot for it
+    // (and two replicas waiting on each other's slots could otherwise stall until the queue times out).
+    const download = downloads.start(digest, owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream, { limited: !fromPeer });
     metrics.downloadsInFlight.inc();
     void download.finished
       .then(() => access.link(route, digest.value))

@@ -24,12 +24,12 @@ export interface BlobSourceOptions {
 export function upstreamBlobSource(upstreams: Upstreams, route: Route, digest: Digest, options: BlobSourceOptions = {}): DownloadSource {
   const limiter = upstreams.bandwidthOf(route.upstream.name);
   const path = `/v2/${route.repository}/blobs/${digest.value}`;
-  const get = (headers: Record<string, string> = {}) => upstreams.request(route, 'blob', { method: 'GET', path, headers });
+  const get = (headers: Record<string, string>, signal: AbortSignal | undefined) => upstreams.request(route, 'blob', { method: 'GET', path, headers, signal });
   return {
     segments: route.upstream.segments,
     throttle: limiter ? (bytes) => limiter.take(bytes) : undefined,
-    openRange: async (start, end) => {
-      const response = await get({ range: `bytes=${start}-${end}` });
+    openRange: async (start, end, signal) => {
+      const response = await get({ range: `bytes=${start}-${end}` }, signal);
       if (response.status !== 200 && response.status !== 206) throw await rangeError(route, response, digest);
       const range = parseContentRange(response.headers);
       return {
@@ -39,15 +39,15 @@ export function upstreamBlobSource(upstreams: Upstreams, route: Route, digest: D
         etag: headerValue(response.headers, 'etag'),
       };
     },
-    open: async (offset) => {
-      const response = await get(offset > 0 ? { range: `bytes=${offset}-` } : {});
+    open: async (offset, signal) => {
+      const response = await get(offset > 0 ? { range: `bytes=${offset}-` } : {}, signal);
       if (offset > 0 && response.status === 416) throw await rangeError(route, response, digest);
       if (offset > 0 && response.status === 206) {
         const range = parseContentRange(response.headers);
         if (range && range.start === offset) return { body: response.body, totalSize: range.total };
         // A range we did not ask for: take the whole body again and skip what we have.
         await response.body.dump().catch(() => undefined);
-        const whole = await get();
+        const whole = await get({}, signal);
         if (whole.status !== 200) throw await upstreamError(route, whole, 'blob', digest.value);
         return { body: skipBytes(whole.body, offset), totalSize: parseContentLength(whole.headers) };
       }

@@ -21,6 +21,8 @@ export interface UpstreamRequest {
   /** The repository whose pull scope the request needs; none for `/v2/`. */
   repository?: string;
   headers?: Record<string, string>;
+  /** Aborts the request, its retries and its body (a cancelled download). */
+  signal?: AbortSignal;
 }
 
 export interface UpstreamResponse {
@@ -130,9 +132,10 @@ export class UpstreamClient {
     try {
       response = await this.requestWithRetries(req);
     } catch (err) {
-      if (err instanceof RegistryError && err.code !== 'UNAVAILABLE') this.breaker.release(permit.probe);
+      // Our own cancellation says nothing about the upstream's health.
+      if (req.signal?.aborted || (err instanceof RegistryError && err.code !== 'UNAVAILABLE')) this.breaker.release(permit.probe);
       else this.breaker.failure(permit.probe);
-      throw err;
+      throw req.signal?.aborted ? (req.signal.reason as Error) : err;
     }
     // A 5xx for a repository is first that request's failure (a client can provoke one on
     // purpose); only a 5xx for `/v2/` is the upstream's own at once (breaker.ts).
@@ -153,7 +156,7 @@ export class UpstreamClient {
       try {
         response = await this.send(req);
       } catch (err) {
-        if (err instanceof RegistryError) throw err;
+        if (err instanceof RegistryError || req.signal?.aborted) throw err;
         failure = err;
       }
       const retryable = failure !== undefined || (response !== undefined && RETRYABLE_STATUS.has(response.status));
@@ -175,7 +178,7 @@ export class UpstreamClient {
         'retrying upstream request',
       );
       waited += delay;
-      await sleep(delay);
+      await sleep(delay, undefined, { signal: req.signal });
     }
   }
 
@@ -195,7 +198,8 @@ export class UpstreamClient {
     if (this.registry.sendNamespace && req.path.startsWith('/v2/') && req.path !== '/v2/') url.searchParams.set('ns', this.registry.name);
     const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...req.headers };
     let authorization = await this.authorization(scope, false);
-    let response = await this.dispatch(url, req.method, headers, authorization);
+    const { signal } = req;
+    let response = await this.dispatch(url, req.method, headers, authorization, signal);
     if (response.status === 401) {
       const challenges = parseWwwAuthenticate(headerValue(response.headers, 'www-authenticate'));
       await response.body.dump().catch(() => undefined);
@@ -203,13 +207,13 @@ export class UpstreamClient {
       if (usable) this.challenge = usable;
       // The token may have expired mid-pull, or the challenge is new: negotiate once more.
       authorization = await this.authorization(scope ?? usable?.params.scope, true);
-      if (authorization) response = await this.dispatch(url, req.method, headers, authorization);
+      if (authorization) response = await this.dispatch(url, req.method, headers, authorization, signal);
       else {
         // Re-send to hand the caller a fresh 401 with a readable body.
-        response = await this.dispatch(url, req.method, headers, undefined);
+        response = await this.dispatch(url, req.method, headers, undefined, signal);
       }
     }
-    return this.followRedirects(url, req.method, headers, authorization, response);
+    return this.followRedirects(url, req.method, headers, authorization, response, signal);
   }
 
   private async followRedirects(
@@ -218,6 +222,7 @@ export class UpstreamClient {
     headers: Record<string, string>,
     authorization: string | undefined,
     first: UpstreamResponse,
+    signal: AbortSignal | undefined,
   ): Promise<UpstreamResponse> {
     let response = first;
     let url = start;
@@ -228,14 +233,20 @@ export class UpstreamClient {
       url = new URL(location, url);
       // Never hand the upstream's credentials to another origin (Docker Hub's CDN).
       const auth = url.origin === this.origin ? authorization : undefined;
-      response = await this.dispatch(url, method, headers, auth);
+      response = await this.dispatch(url, method, headers, auth, signal);
     }
     return response;
   }
 
-  private async dispatch(url: URL, method: 'GET' | 'HEAD', headers: Record<string, string>, authorization: string | undefined): Promise<UpstreamResponse> {
+  private async dispatch(
+    url: URL,
+    method: 'GET' | 'HEAD',
+    headers: Record<string, string>,
+    authorization: string | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<UpstreamResponse> {
     const all = authorization ? { ...headers, authorization } : headers;
-    const res = await request(url, { method, headers: all, dispatcher: this.options.dispatcher });
+    const res = await request(url, { method, headers: all, dispatcher: this.options.dispatcher, signal });
     this.recordRateLimit(res.headers);
     return { status: res.statusCode, headers: res.headers, body: res.body as unknown as UpstreamResponse['body'] };
   }

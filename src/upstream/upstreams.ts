@@ -65,7 +65,7 @@ export class Upstreams {
       if (client.rateLimit?.remaining !== undefined) metrics.rateLimitRemaining.set({ upstream: name }, client.rateLimit.remaining);
       return response;
     } catch (err) {
-      metrics.upstreamRequests.inc({ upstream: name, kind, status: 'error' });
+      metrics.upstreamRequests.inc({ upstream: name, kind, status: req.signal?.aborted ? 'cancelled' : 'error' });
       throw err;
     }
   }
