@@ -73,7 +73,7 @@ export class BlobDownload extends EventEmitter {
   readonly finished: Promise<void>;
   private readers = 0;
   private idleTimer: NodeJS.Timeout | undefined;
-  /** Aborted when the download fails: a slot it waits for, upstream requests it waits on. */
+  /** Aborted when the download fails: a slot it waits for, a source it is opening. */
   private readonly stopped = new AbortController();
   private currentBody: Readable | undefined;
   private readonly activeBodies = new Set<Readable>();
@@ -139,7 +139,7 @@ export class BlobDownload extends EventEmitter {
       let segmentsTried = false;
       for (let attempt = 0; ; attempt++) {
         try {
-          const { body, totalSize, etag, acceptsRanges } = await this.source.open(this.written, this.stopped.signal);
+          const { body, totalSize, etag, acceptsRanges } = await untilOpened(this.stopped.signal, (signal) => this.source.open(this.written, signal));
           if (this.state !== 'running') {
             body.destroy();
             throw this.error ?? new Error('download aborted');
@@ -340,7 +340,7 @@ export class BlobDownload extends EventEmitter {
         if (index === 0 && attempt === 0) body = first;
         else {
           if (signal.aborted) throw signal.reason as Error;
-          const answer = await this.source.openRange!(seg.pos, seg.end, signal);
+          const answer = await untilOpened(signal, (pending) => this.source.openRange!(seg.pos, seg.end, pending));
           body = answer.body;
           if (signal.aborted) {
             body.destroy();
@@ -501,6 +501,23 @@ async function writeAt(handle: FileHandle, chunk: Buffer, position: number): Pro
   while (offset < chunk.length) {
     const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset, position + offset);
     offset += bytesWritten;
+  }
+}
+
+/**
+ * `open(signal)`, with a signal that follows `stop` only until it resolves: a request still
+ * waiting for its answer is aborted, but what it answered is the caller's to destroy or to
+ * hand on (a response passed through to a client when the disk has no room must live on).
+ */
+async function untilOpened<T>(stop: AbortSignal, open: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const pending = new AbortController();
+  const abort = () => pending.abort(stop.reason);
+  if (stop.aborted) abort();
+  else stop.addEventListener('abort', abort, { once: true });
+  try {
+    return await open(pending.signal);
+  } finally {
+    stop.removeEventListener('abort', abort);
   }
 }
 

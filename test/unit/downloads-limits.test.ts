@@ -40,12 +40,11 @@ function blob(size: number, seed: number) {
 /** A source whose body the test feeds by hand; it remembers what was opened and aborted. */
 function scriptedSource(totalSize: number) {
   const body = new PassThrough();
-  const state = { opened: 0, aborted: false, destroyed: false };
+  const state = { opened: 0, destroyed: false };
   body.on('close', () => (state.destroyed = true));
   const source: DownloadSource = {
-    open: async (_offset, signal) => {
+    open: async () => {
       state.opened++;
-      signal?.addEventListener('abort', () => (state.aborted = true));
       return { body, totalSize };
     },
   };
@@ -184,7 +183,7 @@ describe('BlobDownload', () => {
     expect(limiter.active).toBe(0);
   });
 
-  it('nobody reading it for abandonAfter: cancelled (source destroyed, its request aborted, the temp file removed)', async () => {
+  it('nobody reading it for abandonAfter: cancelled (its source destroyed, the temp file removed)', async () => {
     const { root, store, scratch } = await storage();
     // Big enough not to be worth finishing when nobody reads it (more than 8 MiB to go).
     const { bytes, digest } = blob(32 * MiB, 6);
@@ -199,7 +198,6 @@ describe('BlobDownload', () => {
     await expect(download.finished).rejects.toThrow(/abandoned/);
     expect(abandoned).toHaveLength(1);
     expect(scripted.state.destroyed).toBe(true);
-    expect(scripted.state.aborted).toBe(true);
     await waitFor(() => readdirSync(join(root, 'tmp')).length === 0, 5_000);
   });
 
@@ -222,6 +220,38 @@ describe('BlobDownload', () => {
     scripted.body.end(bytes.subarray(20 * MiB));
     await download.finished;
     expect(download.state).toBe('done');
+  });
+
+  it('stopped while its source is still opening: that request is aborted, and what an open already returned is left alone', async () => {
+    const { store, scratch } = await storage();
+    const { digest } = blob(MiB, 10);
+    let aborted: unknown;
+    const downloads = new Downloads({ store, scratch }, options());
+    const download = downloads.start(digest, {
+      open: (_offset, signal) =>
+        new Promise((_resolve, reject) =>
+          signal!.addEventListener('abort', () => {
+            aborted = signal!.reason;
+            reject(signal!.reason as Error);
+          }),
+        ),
+    });
+    await waitFor(() => download.tempPath !== undefined, 5_000);
+    downloads.abortAll('shutting down');
+    await expect(download.finished).rejects.toThrow('shutting down');
+    expect((aborted as Error).message).toBe('shutting down');
+    // A source that answered and was then refused (no room: its response is handed to a client).
+    const handedOn = new PassThrough();
+    let openSignal: AbortSignal | undefined;
+    const refused = downloads.start(blob(MiB, 11).digest, {
+      open: async (_offset, signal) => {
+        openSignal = signal;
+        throw Object.assign(new RegistryError('UNAVAILABLE', 'no room, response handed on'), { response: handedOn });
+      },
+    });
+    await expect(refused.ready).rejects.toThrow('no room');
+    expect(openSignal!.aborted).toBe(false);
+    expect(handedOn.destroyed).toBe(false);
   });
 
   it('a reader joining while it commits reads the verified temp file', async () => {
