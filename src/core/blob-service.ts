@@ -42,6 +42,12 @@ export interface BlobServiceDeps {
 export class BlobService {
   /** Open store read streams per digest: content being served is never evicted. */
   private readonly serving = new Map<string, number>();
+  /**
+   * The (upstream, repository) each running download was started for. A client of that same
+   * repository joins it as it is: the upstream's answer to the download is the check (its
+   * link is written when the download commits). Bounded by the downloads in flight.
+   */
+  private readonly startedFor = new Map<string, string>();
 
   constructor(private readonly deps: BlobServiceDeps) {}
 
@@ -70,7 +76,7 @@ export class BlobService {
     let outcome: CacheOutcome = 'coalesced';
     if (download) {
       // Joining another repository's download: this repository must contain the blob too.
-      if (!access.isLinked(route, digest.value)) {
+      if (!this.joinsOwnRepository(route, digest) && !access.isLinked(route, digest.value)) {
         budget.charge(options.client);
         await access.confirmUpstreamHas(route, digest, 'blob');
       }
@@ -103,7 +109,7 @@ export class BlobService {
     }
     if (offline) throw offlineMiss('BLOB_UNKNOWN', route, digest.value);
     const download = downloads.get(digest);
-    if (download && access.isLinked(route, digest.value)) {
+    if (download && (this.joinsOwnRepository(route, digest) || access.isLinked(route, digest.value))) {
       await download.ready;
       return { digest: digest.value, size: download.totalSize, outcome: 'coalesced' };
     }
@@ -124,13 +130,21 @@ export class BlobService {
     const owner = fromPeer ? undefined : peers?.ownerOf(digest);
     const download = downloads.start(digest, owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream);
     metrics.downloadsInFlight.inc();
+    this.startedFor.set(digest.value, repositoryKey(route));
     void download.finished
       .then(() => access.link(route, digest.value))
       .catch((err: unknown) => {
         if (err instanceof RegistryError && err.code === 'DIGEST_INVALID' && err.status >= 500) metrics.digestMismatches.inc({ upstream: route.upstream.name });
       })
-      .finally(() => metrics.downloadsInFlight.dec());
+      .finally(() => {
+        metrics.downloadsInFlight.dec();
+        this.startedFor.delete(digest.value);
+      });
     return download;
+  }
+
+  private joinsOwnRepository(route: Route, digest: Digest): boolean {
+    return this.startedFor.get(digest.value) === repositoryKey(route);
   }
 
   private serveFromStore(digest: Digest, start: number, end: number | undefined): Readable {
@@ -165,3 +179,5 @@ export class BlobService {
     return out;
   }
 }
+
+const repositoryKey = (route: Route) => `${route.upstream.name}\u0000${route.repository}`;
