@@ -124,7 +124,7 @@ export class ManifestService {
       if (rateLimit?.remaining !== undefined && rateLimit.remaining <= reserve) {
         // Trust the tag for another TTL without asking.
         const now = clock.now();
-        tags.touch(row, row.checkedAt, expiryFrom(now, route.upstream.ttlMs));
+        tags.touch(row, row.checkedAt, expiryFrom(now, route.upstream.ttlFor(route.repository, row.tag)));
         return this.serveStale(route, row, stale, `rate limit nearly spent (${rateLimit.remaining} left)`, 'rate-limit-reserve');
       }
       if (!this.revalidationBudget.get(route.upstream.name)!.tryTake()) {
@@ -147,7 +147,7 @@ export class ManifestService {
       const digest = headerValue(response.headers, 'docker-content-digest');
       if (stale && digest === row.digest) {
         const now = clock.now();
-        tags.touch(row, now, expiryFrom(now, route.upstream.ttlMs));
+        tags.touch(row, now, expiryFrom(now, route.upstream.ttlFor(route.repository, row.tag)));
         return { ...stale, outcome: 'revalidated' };
       }
       // Moved (or the HEAD did not say): fetch the tag's new manifest.
@@ -232,7 +232,7 @@ export class ManifestService {
         tags.put({
           upstream: route.upstream.name, repo: route.repository, tag: reference, accept: tagAccept,
           digest: computed, mediaType: parsed.mediaType, fetchedAt: now, checkedAt: now,
-          expiresAt: expiryFrom(now, route.upstream.ttlMs),
+          expiresAt: expiryFrom(now, route.upstream.ttlFor(route.repository, reference)),
         });
       } catch (err) {
         this.deps.logger.error({ tag: reference, err: (err as Error).message }, 'could not record tag in the index');
