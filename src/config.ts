@@ -90,6 +90,8 @@ const upstreamSchema = z.strictObject({
   ttl: duration.optional(),
   /** Tag TTLs by repository and tag, first match wins; tried before the top-level ttlRules, then ttl applies. */
   ttlRules: z.array(ttlRuleSchema).prefault([]),
+  /** How long an upstream 404 for a manifest is remembered (default: the top-level negativeTtl; 0 = off). */
+  negativeTtl: duration.optional(),
   /** Glob patterns of repositories that may be pulled through this upstream. */
   repositories: z.array(z.string().min(1)).prefault(['**']),
   /** Another first path component that routes to this upstream (`/v2/<alias>/repo/...`). */
@@ -195,6 +197,8 @@ const configSchema = z.strictObject({
   ttl: duration.prefault('10m'),
   /** Tag TTL rules for every upstream, tried after an upstream's own rules. */
   ttlRules: z.array(ttlRuleSchema).prefault([]),
+  /** How long an upstream 404 for a manifest is remembered, per upstream, repository and reference (0 = off). */
+  negativeTtl: duration.prefault('30s'),
   /** The upstream for requests that name none (no ?ns=, no host prefix). */
   defaultUpstream: z.string().prefault('docker.io'),
   upstreams: z
@@ -285,6 +289,8 @@ export interface UpstreamConfig {
   ttlMs: number;
   /** This upstream's rules, then the top-level ones: the first match wins. */
   ttlRules: TtlRuleConfig[];
+  /** How long an upstream 404 for a manifest is remembered; 0 = not at all. */
+  negativeTtlMs: number;
   repositories: string[];
   alias: string | undefined;
   libraryPrefix: boolean;
@@ -479,6 +485,7 @@ export function buildConfig(
     password: u.password || undefined,
     ttlMs: u.ttl ?? parsed.ttl,
     ttlRules: [...u.ttlRules, ...parsed.ttlRules].map(ttlRuleConfig),
+    negativeTtlMs: u.negativeTtl ?? parsed.negativeTtl,
     repositories: u.repositories,
     alias: u.alias,
     libraryPrefix: u.libraryPrefix ?? name === 'docker.io',

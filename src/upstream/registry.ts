@@ -1,5 +1,6 @@
 // One upstream registry as the mirror sees it: where it lives, how long its tags are
-// trusted (its TTL rules), which repositories may be pulled through it, and its naming rules.
+// trusted (its TTL rules) and its 404s remembered, which repositories may be pulled through
+// it, and its naming rules.
 
 import type { UpstreamConfig } from '../config.js';
 import { globToRegExp } from '../oci/reference.js';
@@ -10,6 +11,8 @@ export class UpstreamRegistry {
   readonly url: string;
   /** The tag TTL when no rule matches. */
   readonly ttlMs: number;
+  /** How long an upstream 404 for a manifest is remembered (0 = not at all). */
+  readonly negativeTtlMs: number;
   readonly alias: string | undefined;
   readonly allowSchema1: boolean;
   readonly credentials: { username: string; password: string } | undefined;
@@ -27,6 +30,7 @@ export class UpstreamRegistry {
     this.url = config.url;
     this.ttlMs = config.ttlMs;
     this.ttlRules = new TtlRules(config.ttlRules, config.ttlMs);
+    this.negativeTtlMs = config.negativeTtlMs;
     this.alias = config.alias;
     this.allowSchema1 = config.allowSchema1;
     this.libraryPrefix = config.libraryPrefix;

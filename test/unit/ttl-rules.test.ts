@@ -64,7 +64,7 @@ describe('tag TTL rules', () => {
   });
 });
 
-describe('ttlRules in the configuration', () => {
+describe('ttlRules and negativeTtl in the configuration', () => {
   it('an upstream tries its own rules first, then the top-level ones, then its ttl', () => {
     const c = buildConfig({
       ttl: '10m',
@@ -107,5 +107,14 @@ describe('ttlRules in the configuration', () => {
       expect.stringMatching(/^upstreams\.docker\.io\.ttlRules\.4\.ttl: "soon" is not a duration/),
     ]));
     expect(found).toHaveLength(6);
+  });
+
+  it('negativeTtl: 30 s by default, per upstream over the top level, 0 = off', () => {
+    const c = buildConfig({
+      negativeTtl: '1m',
+      upstreams: { 'docker.io': { url: 'https://registry-1.docker.io' }, 'ghcr.io': { url: 'https://ghcr.io', negativeTtl: 0 } },
+    }, {});
+    expect(c.upstreams.map((u) => [u.name, u.negativeTtlMs])).toEqual([['docker.io', 60_000], ['ghcr.io', 0]]);
+    expect(buildConfig({}, {}).upstreams[0]!.negativeTtlMs).toBe(30_000);
   });
 });
