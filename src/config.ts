@@ -47,6 +47,39 @@ const httpUrl = z.string().transform((value, ctx) => {
   }
 });
 
+/** A string that must match `pattern`, else `what` says why (with the value, so the rule is recognisable). */
+const matching = (pattern: RegExp, what: string) =>
+  z.string().superRefine((value, ctx) => {
+    if (!pattern.test(value)) ctx.addIssue({ code: 'custom', message: `"${value}" is ${what}` });
+  });
+/** A glob over repository names: lowercase name characters and `/`, with `*`, `**`, `?`. */
+const repositoryGlob = matching(/^[a-z0-9._/*?-]+$/, 'not a repository glob (lowercase letters, digits, . _ - /, with * within a path component, ** across, ? one character)');
+/** A glob over tags: tag characters with `*` and `?` (a tag has no `/`). */
+const tagGlob = matching(/^[A-Za-z0-9._*?-]+$/, 'not a tag glob (letters, digits, . _ -, with * and ?)');
+const tagRegex = z.string().min(1).superRefine((value, ctx) => {
+  try {
+    new RegExp(value);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not a regular expression: ${(err as Error).message}` });
+  }
+});
+
+/**
+ * One tag TTL rule: tags of repositories matching `repository` (default: every one) whose name
+ * matches `tag` (a glob) or `tagRegex` (default: every tag) are trusted for `ttl`.
+ */
+const ttlRuleSchema = z
+  .strictObject({
+    repository: repositoryGlob.optional(),
+    tag: tagGlob.optional(),
+    tagRegex: tagRegex.optional(),
+    ttl: duration.optional(),
+  })
+  .superRefine((r, ctx) => {
+    if (r.ttl === undefined) ctx.addIssue({ code: 'custom', path: ['ttl'], message: 'required: how long the matching tags are trusted (e.g. 5m, 1d; 0 = revalidate every time)' });
+    if (r.tag !== undefined && r.tagRegex !== undefined) ctx.addIssue({ code: 'custom', message: 'a rule matches tags by tag (a glob) or by tagRegex, not both' });
+  });
+
 const upstreamSchema = z.strictObject({
   /** Base URL of the registry API (the host clients name may differ: docker.io → registry-1.docker.io). */
   url: httpUrl,
@@ -55,6 +88,10 @@ const upstreamSchema = z.strictObject({
   password: z.string().optional(),
   /** How long a tag is trusted before it is revalidated with a HEAD. 0 = every request. */
   ttl: duration.optional(),
+  /** Tag TTLs by repository and tag, first match wins; tried before the top-level ttlRules, then ttl applies. */
+  ttlRules: z.array(ttlRuleSchema).prefault([]),
+  /** How long an upstream 404 for a manifest is remembered (default: the top-level negativeTtl; 0 = off). */
+  negativeTtl: duration.optional(),
   /** Glob patterns of repositories that may be pulled through this upstream. */
   repositories: z.array(z.string().min(1)).prefault(['**']),
   /** Another first path component that routes to this upstream (`/v2/<alias>/repo/...`). */
@@ -158,6 +195,10 @@ const configSchema = z.strictObject({
   catalog: z.boolean().prefault(true),
   /** Tag TTL for upstreams that do not set their own. */
   ttl: duration.prefault('10m'),
+  /** Tag TTL rules for every upstream, tried after an upstream's own rules. */
+  ttlRules: z.array(ttlRuleSchema).prefault([]),
+  /** How long an upstream 404 for a manifest is remembered, per upstream, repository and reference (0 = off). */
+  negativeTtl: duration.prefault('30s'),
   /** The upstream for requests that name none (no ?ns=, no host prefix). */
   defaultUpstream: z.string().prefault('docker.io'),
   upstreams: z
@@ -228,12 +269,28 @@ const configSchema = z.strictObject({
 
 type ParsedConfig = z.output<typeof configSchema>;
 
+/** A tag TTL rule (upstream/ttl-rules.ts matches them). */
+export interface TtlRuleConfig {
+  /** Glob over the repository as the upstream names it (`library/alpine` on Docker Hub); undefined = every one. */
+  repository: string | undefined;
+  /** Glob over the tag; undefined (and no tagRegex) = every tag. */
+  tag: string | undefined;
+  /** Regular expression source, tested against the tag. */
+  tagRegex: string | undefined;
+  ttlMs: number;
+}
+
 export interface UpstreamConfig {
   name: string;
   url: string;
   username: string | undefined;
   password: string | undefined;
+  /** The tag TTL when no rule matches. */
   ttlMs: number;
+  /** This upstream's rules, then the top-level ones: the first match wins. */
+  ttlRules: TtlRuleConfig[];
+  /** How long an upstream 404 for a manifest is remembered; 0 = not at all. */
+  negativeTtlMs: number;
   repositories: string[];
   alias: string | undefined;
   libraryPrefix: boolean;
@@ -427,6 +484,8 @@ export function buildConfig(
     username: u.username || undefined,
     password: u.password || undefined,
     ttlMs: u.ttl ?? parsed.ttl,
+    ttlRules: [...u.ttlRules, ...parsed.ttlRules].map(ttlRuleConfig),
+    negativeTtlMs: u.negativeTtl ?? parsed.negativeTtl,
     repositories: u.repositories,
     alias: u.alias,
     libraryPrefix: u.libraryPrefix ?? name === 'docker.io',
@@ -491,6 +550,10 @@ export function buildConfig(
     downloads: { resumeAttempts: parsed.downloads.resumeAttempts, writeTimeoutMs: parsed.downloads.writeTimeout, segmentThreshold: parsed.downloads.segmentThreshold },
   };
   return deepFreeze(config);
+}
+
+function ttlRuleConfig(rule: z.output<typeof ttlRuleSchema>): TtlRuleConfig {
+  return { repository: rule.repository, tag: rule.tag, tagRegex: rule.tagRegex, ttlMs: rule.ttl! };
 }
 
 function deepFreeze<T>(value: T): T {

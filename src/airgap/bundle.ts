@@ -246,7 +246,7 @@ export async function importBundle(mirror: Mirror, path: string): Promise<Import
       if (tag) {
         mirror.index.putTag({
           upstream: route.upstream.name, repo: route.repository, tag, accept: 'all', digest: ref.digest!, mediaType: manifestTypes.get(ref.digest!)!,
-          fetchedAt: now, checkedAt: now, expiresAt: now + route.upstream.ttlMs,
+          fetchedAt: now, checkedAt: now, expiresAt: now + route.upstream.ttlFor(route.repository, tag),
         });
         mirror.index.pin(route.upstream.name, route.repository, tag);
       }

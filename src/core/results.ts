@@ -1,9 +1,22 @@
 // What the core answers, shared by the server's handlers, the CLI and the core's parts.
 
 import type { Readable } from 'node:stream';
+import { RegistryError } from '../oci/errors.js';
 
-/** How a request was answered, for the access log and metrics. */
-export type CacheOutcome = 'hit' | 'miss' | 'coalesced' | 'revalidated' | 'stale';
+/**
+ * How a request was answered, for the access log and metrics. `negative`: an upstream 404
+ * remembered for a short while (core/negative-cache.ts), answered without asking again.
+ */
+export type CacheOutcome = 'hit' | 'miss' | 'coalesced' | 'revalidated' | 'stale' | 'negative';
+
+/** The OCI error the upstream gave (a 404), answered again from memory: the same status and body. */
+export class NegativeAnswer extends RegistryError {
+  readonly outcome: CacheOutcome = 'negative';
+
+  constructor(original: RegistryError) {
+    super(original.code, original.message, { status: original.status, detail: original.detail, headers: original.headers });
+  }
+}
 
 export interface ManifestResult {
   digest: string;

@@ -8,6 +8,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { RegistryError } from '../oci/errors.js';
 import type { Mirror } from '../mirror.js';
+import { NegativeAnswer } from '../core/results.js';
 import { PEER_HEADER, verifyPeerRequest } from '../cluster/peer-auth.js';
 import { handleBlob } from './handlers/blobs.js';
 import { handleCatalog } from './handlers/catalog.js';
@@ -211,6 +212,8 @@ function sendText(res: ServerResponse, status: number, text: string): void {
 function sendError(mirror: Mirror, ctx: RequestContext, err: unknown): void {
   const { res } = ctx;
   let error: RegistryError;
+  // A remembered upstream 404 answered without asking: its own outcome in the log and metrics.
+  if (err instanceof NegativeAnswer) ctx.outcome = err.outcome;
   if (err instanceof RegistryError) error = err;
   else {
     mirror.logger.error({ reqId: ctx.id, err }, 'internal error');
@@ -236,7 +239,9 @@ function accessLog(mirror: Mirror, ctx: RequestContext, state: ServerState): voi
   const route = routeLabel(ctx.path);
   mirror.metrics.countRequest(route, status, ctx.outcome ?? 'none');
   if (ctx.outcome && ctx.upstream && ctx.repository) {
-    mirror.index.recordRequest(ctx.upstream, ctx.repository, ctx.outcome, ctx.bytes, route === 'manifest' && ctx.req.method === 'GET', mirror.clock.now());
+    // An error (a remembered 404) is no pull: kept out of the repository stats, which names
+    // clients make up would otherwise grow.
+    if (status < 400) mirror.index.recordRequest(ctx.upstream, ctx.repository, ctx.outcome, ctx.bytes, route === 'manifest' && ctx.req.method === 'GET', mirror.clock.now());
     if (route === 'manifest' && ctx.req.method !== 'OPTIONS') {
       const reference = ctx.path.slice(ctx.path.lastIndexOf('/') + 1);
       state.recent.push({ at: mirror.clock.now(), upstream: ctx.upstream, repository: ctx.repository, reference, outcome: ctx.outcome, status });
