@@ -45,12 +45,14 @@ export async function prewarmOne(mirror: Mirror, input: string, options: { platf
         progress?.onBytes(input, blob.size ?? 0);
         continue;
       }
-      // Drain the download: the stream ends only once the digest is verified and stored.
+      // Drain the download: the stream ends once the digest is verified; the commit follows.
       for await (const chunk of blob.open(0, undefined) as AsyncIterable<Buffer>) {
         bytes += chunk.length;
         fetchedBytes += chunk.length;
         progress?.onBytes(input, chunk.length);
       }
+      // Export reads the store right after: wait for the blob to be there.
+      await blob.stored;
     }
     if (options.pin && resolved.tag) mirror.index.pin(resolved.route.upstream.name, resolved.route.repository, resolved.tag);
     const result: PrewarmResult = { image: input, canonical, ok: true, blobs, bytes, fetchedBytes, ms: performance.now() - started };

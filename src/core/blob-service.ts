@@ -96,6 +96,7 @@ export class BlobService {
       size: download.totalSize,
       outcome,
       open: (start, end) => this.readDownload(download, digest, start, end),
+      stored: download.finished,
     };
   }
 

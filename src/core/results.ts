@@ -36,6 +36,11 @@ export interface BlobResult {
   redirect?: string | undefined;
   /** Bytes [start, end] inclusive (end undefined = to the end); absent for a HEAD. */
   open?: (start: number, end: number | undefined) => Readable;
+  /**
+   * For a blob still downloading: settles when it is committed to the store (or failed).
+   * A reader's stream ends when the digest checks out, a moment before the commit.
+   */
+  stored?: Promise<void>;
 }
 
 export interface TagList {
