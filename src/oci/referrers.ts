@@ -31,6 +31,11 @@ export function referrersTagOf(subject: Digest | string): string {
   return `${digest.algorithm}-${digest.hex}`;
 }
 
+/** Is `tag` a referrers tag schema name (`sha256-<hex>`, nothing after it)? */
+export function isReferrersTag(tag: string): boolean {
+  return /^(sha256-[a-f0-9]{64}|sha512-[a-f0-9]{128})$/.test(tag);
+}
+
 /** cosign's legacy tags for a subject: `sha256-<hex>.sig`, `.att`, `.sbom`. */
 export function cosignTagsOf(subject: Digest | string): string[] {
   const base = referrersTagOf(subject);

@@ -2,7 +2,6 @@
 // answered from the upstream's referrers API, or from its referrers tag schema (`sha256-<hex>`)
 // when it has no API (distribution 2.8, the real test upstream), plus the referrers the
 // mirror holds itself; signatures and SBOMs pulled like any other content.
-import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,48 +10,14 @@ import { ManualClock } from '../../src/clock.js';
 import { startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
 import { get, type Fetched } from '../fixtures/http-client.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
+import { buildArtifact, buildCosignSignature, buildImage, buildReferrersIndex, descriptorOf, referrersTagOf, smallLayer } from '../fixtures/oci-images.js';
 import {
-  buildArtifact, buildCosignSignature, buildImage, buildReferrersIndex, descriptorOf, MT, referrersTagOf, smallLayer, type Image, type ManifestDescriptor,
-} from '../fixtures/oci-images.js';
+  ACCEPT_MANIFESTS, byDigest, described, pullByteExact, referrersOf, SBOM_TYPE, sha, SIG_TYPE, type ReferrersIndex,
+} from '../fixtures/referrers-client.js';
 import { startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
-
-const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-const SIG_TYPE = 'application/vnd.dev.cosign.artifact.sig.v1+json';
-const SBOM_TYPE = 'application/spdx+json';
-const ACCEPT_MANIFESTS = { accept: [MT.ociManifest, MT.ociIndex, MT.dockerManifest, MT.dockerList].join(', ') };
-
-interface ReferrersIndex {
-  schemaVersion: number;
-  mediaType: string;
-  manifests: ManifestDescriptor[];
-}
-
-function referrersOf(r: Fetched): ReferrersIndex {
-  expect(r.status, r.body.toString()).toBe(200);
-  expect(r.headers['content-type']).toBe(MT.ociIndex);
-  expect(Number(r.headers['content-length'])).toBe(r.body.length);
-  const body = JSON.parse(r.body.toString()) as ReferrersIndex;
-  expect(body).toMatchObject({ schemaVersion: 2, mediaType: MT.ociIndex });
-  return body;
-}
-
-const byDigest = (list: ManifestDescriptor[]) => [...list].sort((a, b) => a.digest.localeCompare(b.digest));
-const described = (a: ReturnType<typeof buildArtifact>) => descriptorOf(a, { artifactType: a.artifactType, annotations: a.annotations });
 
 function errorCode(r: Fetched): string | undefined {
   return (JSON.parse(r.body.toString()) as { errors: { code: string }[] }).errors[0]?.code;
-}
-
-/** Pull a manifest and every blob it names through the mirror; each must hash to its digest. */
-async function pullByteExact(mirrorUrl: string, repo: string, content: Image): Promise<void> {
-  const m = await get(`${mirrorUrl}/v2/${repo}/manifests/${content.manifest.digest}`, { headers: ACCEPT_MANIFESTS });
-  expect(m.status, m.body.toString()).toBe(200);
-  expect(sha(m.body)).toBe(content.manifest.digest);
-  for (const blob of [content.config, ...content.layers]) {
-    const b = await get(`${mirrorUrl}/v2/${repo}/blobs/${blob.digest}`);
-    expect(b.status, b.body.toString()).toBe(200);
-    expect(sha(b.body)).toBe(blob.digest);
-  }
 }
 
 describe('referrers through the tag schema of an upstream without the referrers API (distribution 2.8)', () => {
