@@ -2,9 +2,10 @@
 // answered from the upstream's referrers API, or from its referrers tag schema (`sha256-<hex>`)
 // when it has no API (distribution 2.8, the real test upstream), plus the referrers the
 // mirror holds itself; signatures and SBOMs pulled like any other content.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import bcrypt from 'bcryptjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
@@ -367,5 +368,25 @@ describe('referrers the mirror holds itself', () => {
     expect(sha(pulled.body)).toBe(attestation.manifest.digest);
     expect(referrersOf(await get(`${mirror.url}${path}`)).manifests).toEqual([described(attestation)]);
     expect(referrersOf(await get(`${mirror.url}/v2/team/elsewhere/referrers/${subject.manifest.digest}`)).manifests).toEqual([]);
+  });
+
+  it('asks for client authentication like every other endpoint when it is on', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'referrers-auth-'));
+    const htpasswd = join(dir, 'htpasswd');
+    writeFileSync(htpasswd, `ops:${bcrypt.hashSync('right-pass', 8).replace(/^\$2b\$/, '$2y$')}\n`);
+    const guarded = await startMirror({ upstreamUrl: fake.url, document: { auth: { htpasswd } } });
+    try {
+      const path = `/v2/${repo}/referrers/${sha(Buffer.from('any subject'))}`;
+      const anonymous = await get(`${guarded.url}${path}`);
+      expect(anonymous.status).toBe(401);
+      expect(anonymous.headers['www-authenticate']).toMatch(/^Basic /);
+      const wrong = await get(`${guarded.url}${path}`, { headers: { authorization: `Basic ${Buffer.from('ops:wrong').toString('base64')}` } });
+      expect(wrong.status).toBe(401);
+      const allowed = await get(`${guarded.url}${path}`, { headers: { authorization: `Basic ${Buffer.from('ops:right-pass').toString('base64')}` } });
+      expect(referrersOf(allowed).manifests).toEqual([]);
+    } finally {
+      await guarded.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
