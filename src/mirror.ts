@@ -7,6 +7,7 @@
 //   core/repository-access.ts  which repository may be served which digest
 //   core/catalog-service.ts    /v2/_catalog from the index
 //   core/manifest-as-blob.ts   a manifest digest asked for as a blob
+//   core/referrers-service.ts  /referrers/: the upstream's API or tag schema, and what the mirror holds
 
 import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -27,6 +28,7 @@ import { CatalogService, type CatalogPage } from './core/catalog-service.js';
 import { ClientMissBudget } from './core/client-budget.js';
 import { blobOrManifest } from './core/manifest-as-blob.js';
 import { ManifestService } from './core/manifest-service.js';
+import { ReferrersService, type ReferrersResult } from './core/referrers-service.js';
 import { RepositoryAccess } from './core/repository-access.js';
 import type { BlobResult, ManifestResult, TagList } from './core/results.js';
 import { TagListService, type TagPageRequest } from './core/tag-list-service.js';
@@ -63,6 +65,7 @@ interface MirrorParts {
   blobs: BlobService;
   tagLists: TagListService;
   catalog: CatalogService;
+  referrers: ReferrersService;
   peers: Peers | undefined;
 }
 
@@ -112,6 +115,11 @@ export class Mirror {
 
   listTags(route: Route, clientName: string, page: TagPageRequest, options: { client?: string } = {}): Promise<TagList> {
     return this.parts.tagLists.list(route, clientName, page, options.client);
+  }
+
+  /** The manifests that refer to `subject` (signatures, SBOMs, attestations), unfiltered and unpaged. */
+  referrers(route: Route, subject: Digest, options: { client?: string } = {}): Promise<ReferrersResult> {
+    return this.parts.referrers.list(route, subject, options.client);
   }
 
   /** The repositories the mirror holds, as clients name them (GET /v2/_catalog). */
@@ -206,6 +214,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   const manifests = new ManifestService({ config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, budget, recordAccess });
   const tagLists = new TagListService(index, upstreams, config.offline, budget);
   const catalog = new CatalogService(index, registries.map((r) => r.name), fallback.name);
+  const referrers = new ReferrersService({ offline: config.offline, index, manifests, upstreams, budget, metrics, logger, clock });
 
   metrics.observe({
     cacheBytes: () => evictor.usageBytes,
@@ -216,6 +225,6 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     breakers: () => upstreams.all().map((c) => ({ upstream: c.registry.name, state: c.breaker.state })),
   });
   return new Mirror({
-    config, logger, clock, metrics, selector, upstreams, store, scratch, index, downloads, evictor, manifests, blobs, tagLists, catalog, peers,
+    config, logger, clock, metrics, selector, upstreams, store, scratch, index, downloads, evictor, manifests, blobs, tagLists, catalog, referrers, peers,
   });
 }

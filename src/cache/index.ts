@@ -36,6 +36,22 @@ export interface ManifestRow {
   size: number;
 }
 
+/** A stored manifest that refers to a subject: its descriptor's fields. */
+export interface ReferrerRow {
+  digest: string;
+  mediaType: string;
+  size: number;
+  artifactType: string | undefined;
+  annotations: Record<string, string> | undefined;
+}
+
+/** An upstream's referrers answer as stored: the descriptors (JSON) and until when they are trusted. */
+export interface ReferrerListRow {
+  descriptors: string;
+  checkedAt: number;
+  expiresAt: number;
+}
+
 // Each entry moves the schema one version up; user_version records how far we are.
 const MIGRATIONS: string[] = [
   `CREATE TABLE blobs (
@@ -66,6 +82,19 @@ const MIGRATIONS: string[] = [
    ) WITHOUT ROWID;
    CREATE INDEX blobs_by_access ON blobs (last_access);
    CREATE INDEX manifests_by_access ON manifests (last_access);`,
+  // 3: referrers (OCI 1.1). Which stored manifest refers to which subject (recorded when a
+  // manifest with a subject is stored), and the upstream's last referrers answer per
+  // repository and subject, for its TTL, for stale answers and for offline ones.
+  `CREATE TABLE referrers (
+     subject TEXT NOT NULL, referrer TEXT NOT NULL, artifact_type TEXT, annotations TEXT,
+     PRIMARY KEY (subject, referrer)
+   ) WITHOUT ROWID;
+   CREATE INDEX referrers_by_referrer ON referrers (referrer);
+   CREATE TABLE referrer_lists (
+     upstream TEXT NOT NULL, repo TEXT NOT NULL, subject TEXT NOT NULL, descriptors TEXT NOT NULL,
+     checked_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+     PRIMARY KEY (upstream, repo, subject)
+   ) WITHOUT ROWID;`,
 ];
 
 interface TagDbRow {
@@ -112,6 +141,11 @@ export class CacheIndex {
     touchManifest: Statement<[number, string]>;
     addCounter: Statement<[string, number]>;
     addRepoStats: Statement<[string, string, number, number, number]>;
+    putReferrer: Statement<[string, string, string | null, string | null]>;
+    referrersOf: Statement<[string, string, string, number], { digest: string; media_type: string; size: number; artifact_type: string | null; annotations: string | null }>;
+    getReferrerList: Statement<[string, string, string], { descriptors: string; checked_at: number; expires_at: number }>;
+    putReferrerList: Statement<[string, string, string, string, number, number]>;
+    deleteReferrerList: Statement<[string, string, string]>;
   };
 
   constructor(path: string) {
@@ -156,6 +190,21 @@ export class CacheIndex {
          ON CONFLICT (upstream, repo) DO UPDATE SET pulls = pulls + excluded.pulls, bytes = bytes + excluded.bytes,
            last_pull = max(last_pull, excluded.last_pull)`,
       ),
+      putReferrer: db.prepare('INSERT OR REPLACE INTO referrers (subject, referrer, artifact_type, annotations) VALUES (?, ?, ?, ?)'),
+      // Only what is still stored, and only in a repository that may be served it (links).
+      referrersOf: db.prepare(
+        `SELECT r.referrer AS digest, m.media_type, m.size, r.artifact_type, r.annotations
+         FROM referrers r JOIN manifests m ON m.digest = r.referrer
+         WHERE r.subject = ? AND EXISTS (SELECT 1 FROM links l WHERE l.upstream = ? AND l.repo = ? AND l.digest = r.referrer)
+         ORDER BY r.referrer LIMIT ?`,
+      ),
+      getReferrerList: db.prepare('SELECT descriptors, checked_at, expires_at FROM referrer_lists WHERE upstream = ? AND repo = ? AND subject = ?'),
+      putReferrerList: db.prepare(
+        `INSERT INTO referrer_lists (upstream, repo, subject, descriptors, checked_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (upstream, repo, subject) DO UPDATE SET descriptors = excluded.descriptors,
+           checked_at = excluded.checked_at, expires_at = excluded.expires_at`,
+      ),
+      deleteReferrerList: db.prepare('DELETE FROM referrer_lists WHERE upstream = ? AND repo = ? AND subject = ?'),
     };
   }
 
@@ -203,14 +252,21 @@ export class CacheIndex {
     return row ? { digest: row.digest, mediaType: row.media_type, size: row.size } : undefined;
   }
 
-  /** A manifest, its links and its references, in one transaction. */
+  /** A manifest, its links, its references and the subject it refers to (if any), in one transaction. */
   putManifest(
-    m: { digest: string; mediaType: string; size: number; children: string[] },
+    m: {
+      digest: string; mediaType: string; size: number; children: string[];
+      referrer?: { subject: string; artifactType: string | undefined; annotations: Record<string, string> | undefined } | undefined;
+    },
     link: { upstream: string; repo: string } | undefined,
     now: number,
   ): void {
     this.db.transaction(() => {
       this.s.putManifest.run(m.digest, m.mediaType, m.size, now, now);
+      if (m.referrer) {
+        const { subject, artifactType, annotations } = m.referrer;
+        this.s.putReferrer.run(subject, m.digest, artifactType ?? null, annotations ? JSON.stringify(annotations) : null);
+      }
       if (link) this.s.putLink.run(link.upstream, link.repo, m.digest);
       for (const child of m.children) {
         this.s.putRef.run(m.digest, child);
@@ -242,6 +298,30 @@ export class CacheIndex {
 
   putLink(upstream: string, repo: string, digest: string): void {
     this.s.putLink.run(upstream, repo, digest);
+  }
+
+  /** The stored manifests that refer to `subject` and are linked to the repository, in digest order. */
+  referrersOf(upstream: string, repo: string, subject: string, limit: number): ReferrerRow[] {
+    return this.s.referrersOf.all(subject, upstream, repo, limit).map((r) => ({
+      digest: r.digest,
+      mediaType: r.media_type,
+      size: r.size,
+      artifactType: r.artifact_type ?? undefined,
+      annotations: r.annotations ? (JSON.parse(r.annotations) as Record<string, string>) : undefined,
+    }));
+  }
+
+  getReferrerList(upstream: string, repo: string, subject: string): ReferrerListRow | undefined {
+    const row = this.s.getReferrerList.get(upstream, repo, subject);
+    return row ? { descriptors: row.descriptors, checkedAt: row.checked_at, expiresAt: row.expires_at } : undefined;
+  }
+
+  putReferrerList(upstream: string, repo: string, subject: string, list: ReferrerListRow): void {
+    this.s.putReferrerList.run(upstream, repo, subject, list.descriptors, list.checkedAt, list.expiresAt);
+  }
+
+  deleteReferrerList(upstream: string, repo: string, subject: string): void {
+    this.s.deleteReferrerList.run(upstream, repo, subject);
   }
 
   /** Note an access; written in the next flush, not now. */
@@ -301,7 +381,10 @@ export class CacheIndex {
     yield* rows;
   }
 
-  /** Content that eviction must keep: pinned images and fresh tags' manifests, with everything they reference. */
+  /**
+   * Content that eviction must keep: pinned images and fresh tags' manifests, with everything
+   * they reference and the referrers (signatures, SBOMs) that refer to them.
+   */
   protectedDigests(now: number): Set<string> {
     const rows = this.db
       .prepare(
@@ -309,6 +392,7 @@ export class CacheIndex {
            SELECT t.digest FROM tags t JOIN pins p ON p.upstream = t.upstream AND p.repo = t.repo AND p.tag = t.tag
            UNION SELECT digest FROM tags WHERE expires_at > ?
            UNION SELECT r.child FROM refs r JOIN keep k ON r.parent = k.digest
+           UNION SELECT x.referrer FROM referrers x JOIN keep k ON x.subject = k.digest
          ) SELECT digest FROM keep`,
       )
       .all(now) as { digest: string }[];
@@ -321,6 +405,7 @@ export class CacheIndex {
       this.s.deleteBlob.run(digest);
       this.s.deleteManifest.run(digest);
       this.db.prepare('DELETE FROM tags WHERE digest = ?').run(digest);
+      this.db.prepare('DELETE FROM referrers WHERE referrer = ?').run(digest);
     })();
   }
 

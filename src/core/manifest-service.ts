@@ -28,7 +28,7 @@ import type { ClientMissBudget } from './client-budget.js';
 import { NegativeCache } from './negative-cache.js';
 import { offlineMiss } from './offline.js';
 import type { RepositoryAccess } from './repository-access.js';
-import type { ManifestResult } from './results.js';
+import { staleWarning, type ManifestResult } from './results.js';
 import { SingleFlight } from './single-flight.js';
 
 /** Why a stale tag was served (a metric label: a few fixed values). */
@@ -188,12 +188,7 @@ export class ManifestService {
   private serveStale(route: Route, row: TagRow, stale: StoredManifest, reason: string, category: StaleReason = 'upstream-error'): ManifestResult {
     this.deps.metrics.staleServed.inc({ upstream: route.upstream.name, reason: category });
     this.deps.logger.warn({ upstream: route.upstream.name, repository: route.repository, tag: row.tag, reason }, 'serving stale tag: upstream could not revalidate it');
-    const age = Math.max(0, Math.round((this.deps.clock.now() - row.checkedAt) / 1000));
-    return {
-      ...stale,
-      outcome: 'stale',
-      warning: `110 registry-mirror "Response is stale: upstream ${route.upstream.name} unavailable (${reason.replace(/"/g, "'")}); last checked ${age}s ago"`,
-    };
+    return { ...stale, outcome: 'stale', warning: staleWarning(route.upstream.name, reason, row.checkedAt, this.deps.clock.now()) };
   }
 
   /**

@@ -50,3 +50,9 @@ export interface TagList {
   next: URLSearchParams | undefined;
   outcome: CacheOutcome;
 }
+
+/** The Warning header of an answer served stale because `upstream` could not be asked (`checkedAt`: when it last answered). */
+export function staleWarning(upstream: string, reason: string, checkedAt: number | undefined, now: number): string {
+  const age = checkedAt === undefined ? '' : `; last checked ${Math.max(0, Math.round((now - checkedAt) / 1000))}s ago`;
+  return `110 registry-mirror "Response is stale: upstream ${upstream} unavailable (${reason.replace(/"/g, "'")})${age}"`;
+}

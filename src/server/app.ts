@@ -13,6 +13,7 @@ import { PEER_HEADER, verifyPeerRequest } from '../cluster/peer-auth.js';
 import { handleBlob } from './handlers/blobs.js';
 import { handleCatalog } from './handlers/catalog.js';
 import { handleManifest } from './handlers/manifests.js';
+import { handleReferrers } from './handlers/referrers.js';
 import { handleTags } from './handlers/tags.js';
 import { matchApiPath } from './api-paths.js';
 import type { RequestContext } from './request-context.js';
@@ -186,7 +187,7 @@ async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState)
     case 'catalog':
       return handleCatalog(mirror, ctx);
     case 'referrers':
-      throw new RegistryError('UNSUPPORTED', 'the referrers API is not served by this mirror yet', { status: 404 });
+      return handleReferrers(mirror, ctx, api.name, api.digest);
   }
 }
 
@@ -272,6 +273,7 @@ function routeLabel(path: string): string {
     if (path.includes('/manifests/')) return 'manifest';
     if (path.includes('/blobs/')) return 'blob';
     if (path.endsWith('/tags/list')) return 'tags';
+    if (path.includes('/referrers/')) return 'referrers';
     if (path === '/v2/_catalog') return 'catalog';
     return 'base';
   }
