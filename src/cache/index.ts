@@ -116,12 +116,22 @@ export class CacheIndex {
 
   constructor(path: string) {
     this.db = new Database(path);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = NORMAL');
-    this.db.pragma('busy_timeout = 5000');
-    this.migrate();
+    try {
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.pragma('busy_timeout = 5000');
+      this.migrate();
+      this.s = this.prepare();
+    } catch (err) {
+      // Not a database, damaged, or too new: let the caller decide, without a dangling handle.
+      this.db.close();
+      throw err;
+    }
+  }
+
+  private prepare(): CacheIndex['s'] {
     const db = this.db;
-    this.s = {
+    return {
       getTag: db.prepare('SELECT * FROM tags WHERE upstream = ? AND repo = ? AND tag = ? AND accept = ?'),
       putTag: db.prepare(
         `INSERT INTO tags (upstream, repo, tag, accept, digest, media_type, fetched_at, checked_at, expires_at)
@@ -157,6 +167,17 @@ export class CacheIndex {
            last_pull = max(last_pull, excluded.last_pull)`,
       ),
     };
+  }
+
+  /** SQLite's quick consistency check: undefined when sound, else what it found. */
+  quickCheck(): string | undefined {
+    const rows = this.db.pragma('quick_check') as { quick_check: string }[];
+    return rows.length === 1 && rows[0]!.quick_check === 'ok' ? undefined : rows.slice(0, 5).map((r) => r.quick_check).join('; ');
+  }
+
+  /** Make every committed transaction durable (WAL synced), e.g. before dropping a journal of them. */
+  checkpoint(): void {
+    this.db.pragma('wal_checkpoint(PASSIVE)');
   }
 
   private migrate(): void {
@@ -378,7 +399,11 @@ export class CacheIndex {
   }
 
   close(): void {
-    this.flushAccessTimes();
-    this.db.close();
+    try {
+      this.flushAccessTimes();
+    } finally {
+      // Closed even when the last flush fails (a full disk): the batch is lost, the file is not.
+      this.db.close();
+    }
   }
 }

@@ -12,7 +12,8 @@ export interface TempFile {
   handle: FileHandle;
 }
 
-function isAlive(pid: number): boolean {
+/** Does process `pid` exist (temp files and journals are named after their process)? */
+export function isProcessAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -37,7 +38,7 @@ export class ScratchSpace {
     for (const name of await readdir(this.dir)) {
       // A live process's temp files (a prewarm, or a second server on the same storage) are still being written.
       const pid = Number(name.split('-')[0]);
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) continue;
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isProcessAlive(pid)) continue;
       await rm(join(this.dir, name), { force: true, recursive: true });
       swept++;
     }
