@@ -149,8 +149,8 @@ export class Mirror {
     const { journal } = this.parts;
     try {
       await journal.settle(
-        async (digest) => {
-          const { adopted } = await reconcileDigest(this.store, this.index, digest, this.clock.now());
+        async (digest, unchanged) => {
+          const { adopted } = await reconcileDigest(this.store, this.index, digest, this.clock.now(), unchanged);
           if (adopted !== undefined) this.evictor.added(adopted);
         },
         () => this.index.checkpoint(),
@@ -244,6 +244,8 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   const peers = config.cluster ? new Peers(config.cluster, config.timeouts, logger, clock) : undefined;
   blobs = new BlobService({
     offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
+    // A row whose file vanished (deleted behind the mirror's back) is dropped by the next settle, unless refetched first.
+    noteMissing: (digest) => journal.suspect(digest),
   });
   const manifests = new ManifestService({ config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, budget, recordAccess });
   const tagLists = new TagListService(index, upstreams, config.offline, budget);

@@ -26,6 +26,12 @@ export interface LeftJournal {
   digests: string[];
 }
 
+/**
+ * Make the index agree with the store about `digest`; `unchanged()` is false once the digest
+ * was recorded again meanwhile (a commit under way): then change nothing, the next settle decides.
+ */
+export type Reconcile = (digest: string, unchanged: () => boolean) => Promise<void>;
+
 interface Pending {
   /** Bumped on every new record of the digest: a settle decides only on what it checked. */
   generation: number;
@@ -122,20 +128,20 @@ export class CommitJournal {
    * written: the digest stays pending for the next settle). When nothing is pending, the
    * file is emptied after `makeDurable` (the index's WAL synced) succeeds.
    */
-  settle(reconcile: (digest: string) => Promise<void>, makeDurable: () => void): Promise<void> {
+  settle(reconcile: Reconcile, makeDurable: () => void): Promise<void> {
     this.settling ??= this.settleOnce(reconcile, makeDurable).finally(() => {
       this.settling = undefined;
     });
     return this.settling;
   }
 
-  private async settleOnce(reconcile: (digest: string) => Promise<void>, makeDurable: () => void): Promise<void> {
+  private async settleOnce(reconcile: Reconcile, makeDurable: () => void): Promise<void> {
     let failure: Error | undefined;
     for (const [digest, entry] of [...this.pending]) {
       if (!entry.landed) continue;
       const generation = entry.generation;
       try {
-        await reconcile(digest);
+        await reconcile(digest, () => this.pending.get(digest)?.generation === generation);
       } catch (err) {
         failure = err as Error;
         continue;

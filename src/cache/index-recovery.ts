@@ -110,7 +110,13 @@ export async function openIndex(
  * Make the index agree with the store about one digest: a stored object without a row is
  * adopted (its size returned), a row without a stored object is dropped.
  */
-export async function reconcileDigest(store: BlobStore, index: CacheIndex, digestText: string, now: number): Promise<{ adopted?: number; dropped?: boolean }> {
+export async function reconcileDigest(
+  store: BlobStore,
+  index: CacheIndex,
+  digestText: string,
+  now: number,
+  unchanged: () => boolean = () => true,
+): Promise<{ adopted?: number; dropped?: boolean }> {
   let digest: Digest;
   try {
     digest = parseDigest(digestText);
@@ -118,6 +124,8 @@ export async function reconcileDigest(store: BlobStore, index: CacheIndex, diges
     return {}; // not a line we wrote
   }
   const stored = await store.stat(digest);
+  // A commit of the digest started while it was looked at: what was seen may be stale.
+  if (!unchanged()) return {};
   if (!stored) {
     if (!index.isIndexed(digest.value)) return {};
     index.forget(digest.value);

@@ -36,8 +36,12 @@ export class ManifestCache {
     if (!row) return this.store.kind === 's3' ? this.adoptShared(digest) : undefined;
     const bytes = await this.store.read(digest);
     if (!bytes) {
-      // Index and disk disagree: the disk wins.
-      this.index.deleteManifest(digest.value);
+      // Index and disk disagree: the disk wins (an index that cannot take the change now is told later).
+      try {
+        this.index.deleteManifest(digest.value);
+      } catch (err) {
+        this.deps.logger.error({ digest: digest.value, err: (err as Error).message }, 'could not drop the row of a vanished manifest from the index');
+      }
       return undefined;
     }
     const stored = { digest: row.digest, mediaType: row.mediaType, bytes };

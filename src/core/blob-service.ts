@@ -37,6 +37,8 @@ export interface BlobServiceDeps {
   budget: ClientMissBudget;
   /** Note an access for eviction's LRU (batched by the index). */
   recordAccess(digest: string): void;
+  /** The store has no file for `digest`: a row the index may still hold for it is checked soon. */
+  noteMissing(digest: string): void;
 }
 
 export class BlobService {
@@ -71,6 +73,7 @@ export class BlobService {
         open: (start, end) => this.serveFromStore(digest, start, end),
       };
     }
+    this.deps.noteMissing(digest.value);
     if (offline) throw offlineMiss('BLOB_UNKNOWN', route, digest.value);
     let download = downloads.get(digest);
     let outcome: CacheOutcome = 'coalesced';

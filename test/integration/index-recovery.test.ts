@@ -5,10 +5,11 @@ import { existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, w
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sha256, startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
+import { pseudoRandomBytes, sha256, startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
 import { get } from '../fixtures/http-client.js';
 import { addTinyImage, OCI_MANIFEST } from '../fixtures/images-fake.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
+import { blobFile } from '../fixtures/storage.js';
 import { waitFor } from '../fixtures/wait.js';
 
 let upstream: FakeUpstream;
@@ -98,6 +99,102 @@ describe('a damaged index file', () => {
       expect(existsSync(join(storage, 'index.db'))).toBe(true);
     } finally {
       rmSync(storage, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('reconciling the index with the store', () => {
+  it('a blob committed while the index refused its row is indexed once the index recovers, without a restart', async () => {
+    const mirror = await startMirror({ upstreamUrl: upstream.url });
+    try {
+      const bytes = pseudoRandomBytes(256 * 1024, 'refused-then-recovered');
+      const digest = upstream.addBlob(bytes);
+      const usageBefore = mirror.mirror.evictor.usageBytes;
+      mirror.mirror.index.db.pragma('query_only = ON');
+      const pulled = await get(`${mirror.url}/v2/team/app/blobs/${digest}`);
+      expect(sha256(pulled.body)).toBe(digest);
+      await waitFor(() => mirror.logs.some((l) => l.msg === 'could not record a committed blob in the index'), 10_000, 'the commit to be refused its row');
+      expect(existsSync(blobFile(mirror.storage, digest))).toBe(true);
+      expect(mirror.mirror.index.getBlob(digest)).toBeUndefined();
+      mirror.mirror.index.db.pragma('query_only = OFF');
+      // The periodic settle writes the row it could not write at commit time.
+      await waitFor(() => mirror.mirror.index.getBlob(digest) !== undefined, 15_000, 'the row to be written');
+      expect(mirror.mirror.index.getBlob(digest)!.size).toBe(bytes.length);
+      expect(mirror.mirror.evictor.usageBytes).toBe(usageBefore + bytes.length);
+    } finally {
+      mirror.mirror.index.db.pragma('query_only = OFF');
+      await mirror.stop();
+    }
+  });
+
+  it('at start-up, what the last run committed but could not index is adopted, and rows whose files are gone are dropped: only the journalled digests are looked at', async () => {
+    const storage = mkdtempSync(join(tmpdir(), 'mirror-reconcile-'));
+    try {
+      const first = await startMirror({ upstreamUrl: upstream.url, storage });
+      const image = await pullImage(first, 'team/reconcile', 'reconcile');
+      const bytes = pseudoRandomBytes(300 * 1024, 'committed-never-indexed');
+      const digest = upstream.addBlob(bytes);
+      // What the periodic settle found in the index is off the journal.
+      await first.mirror.settleJournal();
+      expect(readFileSync(readdirSync(join(storage, 'journal')).map((f) => join(storage, 'journal', f))[0]!, 'utf8')).toBe('');
+      first.mirror.index.db.pragma('query_only = ON');
+      expect(sha256((await get(`${first.url}/v2/team/app/blobs/${digest}`)).body)).toBe(digest);
+      await waitFor(() => existsSync(blobFile(storage, digest)), 10_000, 'the blob to be committed');
+      // The index never takes the row before this run ends.
+      await first.stop();
+      expect(first.mirror.index.db.open).toBe(false);
+      expect(readdirSync(join(storage, 'journal'))).toHaveLength(1);
+
+      // Meanwhile a file vanishes behind the mirror's back; a crashed run had been committing it.
+      rmSync(blobFile(storage, image.config));
+      writeFileSync(join(storage, 'journal', `${process.pid}-crashed-0000`), `${image.config}\n`);
+
+      const second = await startMirror({ upstreamUrl: upstream.url, storage });
+      try {
+        expect(second.mirror.index.getBlob(digest)?.size).toBe(bytes.length);
+        expect(second.mirror.index.getBlob(image.config)).toBeUndefined();
+        expect(second.mirror.index.getBlob(image.layer)).toBeDefined();
+        // Eviction counts the adopted blob (and no longer the vanished one).
+        expect(second.mirror.evictor.usageBytes).toBe(second.mirror.index.usage().bytes);
+        expect(second.mirror.index.usage().blobs).toBe(2);
+        const reconciled = second.logs.find((l) => l.msg.startsWith('reconciled the index'));
+        expect(reconciled).toMatchObject({ journals: 2, digests: 2, adopted: 1, dropped: 1 });
+        // The journals of the gone runs are done with.
+        expect(readdirSync(join(storage, 'journal'))).toHaveLength(1);
+      } finally {
+        await second.stop();
+      }
+      // A clean end leaves no journal: the next start has nothing to reconcile.
+      expect(readdirSync(join(storage, 'journal'))).toHaveLength(0);
+    } finally {
+      rmSync(storage, { recursive: true, force: true });
+    }
+  });
+
+  it('a blob file deleted behind the mirror’s back is fetched again on the next pull, and its row dropped when it cannot be', async () => {
+    const mirror = await startMirror({ upstreamUrl: upstream.url });
+    try {
+      const bytes = pseudoRandomBytes(200 * 1024, 'deleted-behind-the-back');
+      const digest = upstream.addBlob(bytes);
+      expect(sha256((await get(`${mirror.url}/v2/team/app/blobs/${digest}`)).body)).toBe(digest);
+      await waitFor(() => mirror.mirror.index.getBlob(digest) !== undefined, 10_000, 'the blob to be indexed');
+      rmSync(blobFile(mirror.storage, digest));
+      upstream.reset();
+      const again = await get(`${mirror.url}/v2/team/app/blobs/${digest}`);
+      expect(again.status).toBe(200);
+      expect(sha256(again.body)).toBe(digest);
+      expect(upstream.count({ method: 'GET', kind: 'blob', authorized: true })).toBe(1);
+      await waitFor(() => existsSync(blobFile(mirror.storage, digest)), 10_000, 'the blob to be stored again');
+      expect(mirror.mirror.index.getBlob(digest)?.size).toBe(bytes.length);
+
+      // Gone from disk and, this time, from the upstream too: the row does not outlive the file.
+      rmSync(blobFile(mirror.storage, digest));
+      upstream.fault = (r) => (r.kind === 'blob' && r.path.endsWith(digest) ? { status: 404 } : undefined);
+      expect((await get(`${mirror.url}/v2/team/app/blobs/${digest}`)).status).toBe(404);
+      await waitFor(() => mirror.mirror.index.getBlob(digest) === undefined, 15_000, 'the row to be dropped');
+    } finally {
+      upstream.fault = undefined;
+      await mirror.stop();
     }
   });
 });
