@@ -222,6 +222,8 @@ const configSchema = z.strictObject({
       segmentThreshold: size.prefault('32MiB'),
       /** …this many at once (1 = always one stream). */
       segments: z.number().int().min(1).max(32).prefault(1),
+      /** The most bytes a blob may have when no stored manifest's descriptor gives its size. */
+      maxBlobSize: size.prefault('64GiB'),
     })
     .prefault({}),
 });
@@ -280,7 +282,7 @@ export interface Config {
   breaker: { failures: number; cooldownMs: number };
   clientMisses: { perMinute: number };
   revalidation: { perSecond: number; burst: number; rateLimitReserve: number };
-  downloads: { resumeAttempts: number; writeTimeoutMs: number; segmentThreshold: number };
+  downloads: { resumeAttempts: number; writeTimeoutMs: number; segmentThreshold: number; maxBlobSize: number };
 }
 
 export class ConfigError extends Error {
@@ -488,7 +490,12 @@ export function buildConfig(
     breaker: { failures: parsed.breaker.failures, cooldownMs: parsed.breaker.cooldown },
     clientMisses: { perMinute: parsed.clientMisses.perMinute },
     revalidation: parsed.revalidation,
-    downloads: { resumeAttempts: parsed.downloads.resumeAttempts, writeTimeoutMs: parsed.downloads.writeTimeout, segmentThreshold: parsed.downloads.segmentThreshold },
+    downloads: {
+      resumeAttempts: parsed.downloads.resumeAttempts,
+      writeTimeoutMs: parsed.downloads.writeTimeout,
+      segmentThreshold: parsed.downloads.segmentThreshold,
+      maxBlobSize: parsed.downloads.maxBlobSize,
+    },
   };
   return deepFreeze(config);
 }

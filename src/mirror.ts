@@ -246,6 +246,14 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
     // A row whose file vanished (deleted behind the mirror's back) is dropped by the next settle, unless refetched first.
     noteMissing: (digest) => journal.suspect(digest),
+    descriptorSize: (digest) => {
+      try {
+        return index.descriptorSize(digest);
+      } catch {
+        return undefined; // the index failing: the configured cap still bounds the download
+      }
+    },
+    maxBlobSize: config.downloads.maxBlobSize,
   });
   const manifests = new ManifestService({ config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, budget, recordAccess });
   const tagLists = new TagListService(index, upstreams, config.offline, budget);

@@ -16,7 +16,7 @@ import { rename, rm, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { digestOf } from '../oci/digest.js';
-import { childDigests, MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from '../oci/manifest.js';
+import { childDescriptors, MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from '../oci/manifest.js';
 import { parseDigest, type Digest } from '../oci/reference.js';
 import type { BlobStore } from './blob-store.js';
 import { CommitJournal } from './commit-journal.js';
@@ -150,7 +150,7 @@ export async function adoptStored(store: BlobStore, index: CacheIndex, digest: D
         await store.delete(digest);
         return false;
       }
-      index.putManifest({ digest: digest.value, mediaType: manifest.mediaType, size: bytes.length, children: childDigests(manifest) }, undefined, now);
+      index.putManifest({ digest: digest.value, mediaType: manifest.mediaType, size: bytes.length, children: childDescriptors(manifest) }, undefined, now);
       return true;
     }
   }

@@ -66,6 +66,8 @@ const MIGRATIONS: string[] = [
    ) WITHOUT ROWID;
    CREATE INDEX blobs_by_access ON blobs (last_access);
    CREATE INDEX manifests_by_access ON manifests (last_access);`,
+  // 3: the size a manifest's descriptor gives each reference: a download without Content-Length is bounded by it.
+  `ALTER TABLE refs ADD COLUMN size INTEGER;`,
 ];
 
 interface TagDbRow {
@@ -107,7 +109,8 @@ export class CacheIndex {
     deleteManifest: Statement<[string]>;
     hasLink: Statement<[string, string, string], { one: number }>;
     putLink: Statement<[string, string, string]>;
-    putRef: Statement<[string, string]>;
+    putRef: Statement<[string, string, number | null]>;
+    descriptorSize: Statement<[string], { size: number | null }>;
     touchBlob: Statement<[number, string]>;
     touchManifest: Statement<[number, string]>;
     addCounter: Statement<[string, number]>;
@@ -157,7 +160,8 @@ export class CacheIndex {
       deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
       hasLink: db.prepare('SELECT 1 AS one FROM links WHERE upstream = ? AND repo = ? AND digest = ?'),
       putLink: db.prepare('INSERT OR IGNORE INTO links (upstream, repo, digest) VALUES (?, ?, ?)'),
-      putRef: db.prepare('INSERT OR IGNORE INTO refs (parent, child) VALUES (?, ?)'),
+      putRef: db.prepare('INSERT INTO refs (parent, child, size) VALUES (?, ?, ?) ON CONFLICT (parent, child) DO UPDATE SET size = coalesce(excluded.size, size)'),
+      descriptorSize: db.prepare('SELECT max(size) AS size FROM refs WHERE child = ?'),
       touchBlob: db.prepare('UPDATE blobs SET last_access = max(last_access, ?) WHERE digest = ?'),
       touchManifest: db.prepare('UPDATE manifests SET last_access = max(last_access, ?) WHERE digest = ?'),
       addCounter: db.prepare('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value'),
@@ -226,7 +230,7 @@ export class CacheIndex {
 
   /** A manifest, its links and its references, in one transaction. */
   putManifest(
-    m: { digest: string; mediaType: string; size: number; children: string[] },
+    m: { digest: string; mediaType: string; size: number; children: { digest: string; size: number | undefined }[] },
     link: { upstream: string; repo: string } | undefined,
     now: number,
   ): void {
@@ -234,11 +238,19 @@ export class CacheIndex {
       this.s.putManifest.run(m.digest, m.mediaType, m.size, now, now);
       if (link) this.s.putLink.run(link.upstream, link.repo, m.digest);
       for (const child of m.children) {
-        this.s.putRef.run(m.digest, child);
+        this.s.putRef.run(m.digest, child.digest, child.size ?? null);
         // The repository's own manifest says it contains these: it may be served them.
-        if (link) this.s.putLink.run(link.upstream, link.repo, child);
+        if (link) this.s.putLink.run(link.upstream, link.repo, child.digest);
       }
     })();
+  }
+
+  /**
+   * The size the stored manifests' descriptors give `digest` (the largest, when they differ:
+   * a manifest that understates a size must not make the real blob undownloadable).
+   */
+  descriptorSize(digest: string): number | undefined {
+    return this.s.descriptorSize.get(digest)?.size ?? undefined;
   }
 
   putBlob(digest: string, size: number, now: number): void {

@@ -6,7 +6,7 @@ import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import { digestOf } from '../oci/digest.js';
-import { childDigests, MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from '../oci/manifest.js';
+import { childDescriptors, MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from '../oci/manifest.js';
 import { parseDigest, type Digest } from '../oci/reference.js';
 import type { BlobStore } from './blob-store.js';
 import type { CacheIndex } from './index.js';
@@ -63,7 +63,7 @@ export class ManifestCache {
       return false;
     }
     try {
-      this.index.putManifest({ digest, mediaType, size: bytes.length, children: childDigests(parsed) }, link, this.deps.clock.now());
+      this.index.putManifest({ digest, mediaType, size: bytes.length, children: childDescriptors(parsed) }, link, this.deps.clock.now());
     } catch (err) {
       this.deps.logger.error({ digest, err: (err as Error).message }, 'could not index manifest; serving it uncached');
       return false;
@@ -92,7 +92,7 @@ export class ManifestCache {
     } catch {
       return undefined;
     }
-    this.index.putManifest({ digest: digest.value, mediaType: parsed.mediaType, size: bytes.length, children: childDigests(parsed) }, undefined, this.deps.clock.now());
+    this.index.putManifest({ digest: digest.value, mediaType: parsed.mediaType, size: bytes.length, children: childDescriptors(parsed) }, undefined, this.deps.clock.now());
     const stored = { digest: digest.value, mediaType: parsed.mediaType, bytes };
     this.hot.set(digest.value, stored);
     return stored;

@@ -37,6 +37,10 @@ export interface BlobServiceDeps {
   budget: ClientMissBudget;
   /** Note an access for eviction's LRU (batched by the index). */
   recordAccess(digest: string): void;
+  /** The size a stored manifest's descriptor gives `digest`, when one does. */
+  descriptorSize(digest: string): number | undefined;
+  /** The bound on a blob whose size no descriptor gives (downloads.maxBlobSize). */
+  maxBlobSize: number;
   /** The store has no file for `digest`: a row the index may still hold for it is checked soon. */
   noteMissing(digest: string): void;
 }
@@ -124,14 +128,19 @@ export class BlobService {
   /** The one download of `digest`, from the replica that owns it or from the upstream. */
   private startDownload(route: Route, digest: Digest, fromPeer: boolean): BlobDownload {
     const { downloads, peers, upstreams, scratch, access, metrics } = this.deps;
+    // The download (and a pass-through) never takes more than this, whatever the upstream sends.
+    const maxSize = this.deps.descriptorSize(digest.value) ?? this.deps.maxBlobSize;
     const fromUpstream = upstreamBlobSource(upstreams, route, digest, {
       admit: async (response, totalSize) => {
-        if (totalSize !== undefined && !(await scratch.hasSpaceFor(totalSize))) throw new NoRoomForBlob(response, totalSize);
+        // Larger than it may be: the download refuses it as soon as admitted.
+        if (totalSize !== undefined && totalSize > maxSize) return;
+        if (totalSize !== undefined && !(await scratch.hasSpaceFor(totalSize))) throw new NoRoomForBlob(response, totalSize, maxSize);
       },
     });
     // A peer's request is never forwarded again: the owner downloads it itself.
     const owner = fromPeer ? undefined : peers?.ownerOf(digest);
-    const download = downloads.start(digest, owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream);
+    const source = owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream;
+    const download = downloads.start(digest, { ...source, maxSize });
     metrics.downloadsInFlight.inc();
     this.startedFor.set(digest.value, repositoryKey(route));
     void download.finished
