@@ -123,6 +123,11 @@ const configSchema = z.strictObject({
         .optional(),
       /** 0 = unbounded. */
       maxSize: size.prefault(0),
+      /**
+       * Disk space downloads leave free (each reserves its size before it starts; one that does
+       * not fit passes through uncached). Default: 1% of the disk, at most 64 MiB.
+       */
+      minFree: size.optional(),
       /** Eviction starts past this fraction of maxSize… */
       highWatermark: z.number().gt(0).max(1).prefault(0.9),
       /** …and removes least recently used content until usage is under this one. */
@@ -269,6 +274,8 @@ export interface Config {
     driver: 'filesystem' | 's3';
     s3: S3StoreOptions | undefined;
     maxSize: number;
+    /** Bytes downloads leave free on the disk; undefined = 1% of it, at most 64 MiB. */
+    minFree: number | undefined;
     highWatermark: number;
     lowWatermark: number;
   };
@@ -477,6 +484,7 @@ export function buildConfig(
         redirectTtlMs: parsed.storage.s3.redirect,
       },
       maxSize: parsed.storage.maxSize,
+      minFree: parsed.storage.minFree,
       highWatermark: parsed.storage.highWatermark,
       lowWatermark: parsed.storage.lowWatermark,
     },

@@ -18,6 +18,7 @@ import type { CacheIndex } from './cache/index.js';
 import { openIndex, reconcileDigest, startIndexRebuild, type IndexRebuild } from './cache/index-recovery.js';
 import { ManifestCache } from './cache/manifest-cache.js';
 import { openStorage } from './cache/open-store.js';
+import { DiskSpace } from './cache/space-reservation.js';
 import type { ScratchSpace } from './cache/scratch.js';
 import { TagCache } from './cache/tag-cache.js';
 import { systemClock, type Clock } from './clock.js';
@@ -243,7 +244,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   const budget = new ClientMissBudget(config.clientMisses.perMinute, clock);
   const peers = config.cluster ? new Peers(config.cluster, config.timeouts, logger, clock) : undefined;
   blobs = new BlobService({
-    offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
+    offline: config.offline, storagePath: config.storage.path, store, space: new DiskSpace(scratch.dir, config.storage.minFree), downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
     // A row whose file vanished (deleted behind the mirror's back) is dropped by the next settle, unless refetched first.
     noteMissing: (digest) => journal.suspect(digest),
     descriptorSize: (digest) => {

@@ -4,7 +4,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { mkdir, open, readdir, rm, statfs, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 
 export interface TempFile {
@@ -50,17 +50,5 @@ export class ScratchSpace {
     // Exclusive: two writers never share a temp file.
     const handle = await open(path, fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_RDWR, 0o644);
     return { path, handle };
-  }
-
-  /** Is there room for `bytes` more (plus a margin) on the scratch disk? */
-  async hasSpaceFor(bytes: number): Promise<boolean> {
-    try {
-      const fs = await statfs(this.dir);
-      const free = fs.bavail * fs.bsize;
-      const margin = Math.min(64 * 1024 * 1024, fs.blocks * fs.bsize * 0.01);
-      return free - margin >= bytes;
-    } catch {
-      return true; // cannot tell: try, and let a write error decide
-    }
   }
 }

@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { BlobStore } from '../cache/blob-store.js';
 import type { BlobDownload, Downloads } from '../cache/downloads.js';
-import type { ScratchSpace } from '../cache/scratch.js';
+import type { DiskSpace, Reservation } from '../cache/space-reservation.js';
 import type { Peers } from '../cluster/peer-source.js';
 import type { MirrorMetrics } from '../metrics.js';
 import { RegistryError } from '../oci/errors.js';
@@ -26,7 +26,8 @@ export interface BlobServiceDeps {
   offline: boolean;
   storagePath: string;
   store: BlobStore;
-  scratch: ScratchSpace;
+  /** Room on the download disk, reserved per download. */
+  space: DiskSpace;
   downloads: Downloads;
   access: RepositoryAccess;
   upstreams: Upstreams;
@@ -127,20 +128,26 @@ export class BlobService {
 
   /** The one download of `digest`, from the replica that owns it or from the upstream. */
   private startDownload(route: Route, digest: Digest, fromPeer: boolean): BlobDownload {
-    const { downloads, peers, upstreams, scratch, access, metrics } = this.deps;
+    const { downloads, peers, upstreams, space, access, metrics } = this.deps;
+    const described = this.deps.descriptorSize(digest.value);
     // The download (and a pass-through) never takes more than this, whatever the upstream sends.
-    const maxSize = this.deps.descriptorSize(digest.value) ?? this.deps.maxBlobSize;
+    const maxSize = described ?? this.deps.maxBlobSize;
+    let download: BlobDownload | undefined;
+    let reservation: Reservation | undefined;
     const fromUpstream = upstreamBlobSource(upstreams, route, digest, {
       admit: async (response, totalSize) => {
-        // Larger than it may be: the download refuses it as soon as admitted.
-        if (totalSize !== undefined && totalSize > maxSize) return;
-        if (totalSize !== undefined && !(await scratch.hasSpaceFor(totalSize))) throw new NoRoomForBlob(response, totalSize, maxSize);
+        const expected = totalSize ?? described;
+        // Larger than it may be: the download refuses it as soon as admitted. Size unknown: the writes will tell.
+        if (expected === undefined || expected > maxSize) return;
+        // The room is taken before the first byte: concurrent downloads cannot all count on the same free space.
+        reservation = await space.tryReserve(expected, () => download?.written ?? 0);
+        if (!reservation) throw new NoRoomForBlob(response, totalSize, maxSize);
       },
     });
     // A peer's request is never forwarded again: the owner downloads it itself.
     const owner = fromPeer ? undefined : peers?.ownerOf(digest);
     const source = owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream;
-    const download = downloads.start(digest, { ...source, maxSize });
+    download = downloads.start(digest, { ...source, maxSize });
     metrics.downloadsInFlight.inc();
     this.startedFor.set(digest.value, repositoryKey(route));
     void download.finished
@@ -149,6 +156,8 @@ export class BlobService {
         if (err instanceof RegistryError && err.code === 'DIGEST_INVALID' && err.status >= 500) metrics.digestMismatches.inc({ upstream: route.upstream.name });
       })
       .finally(() => {
+        // Committed, failed or aborted: what it holds is on disk now, or free again.
+        reservation?.release();
         metrics.downloadsInFlight.dec();
         this.startedFor.delete(digest.value);
       });
