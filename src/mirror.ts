@@ -246,7 +246,13 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   blobs = new BlobService({
     offline: config.offline, storagePath: config.storage.path, store, space: new DiskSpace(scratch.dir, config.storage.minFree), downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
     // A row whose file vanished (deleted behind the mirror's back) is dropped by the next settle, unless refetched first.
-    noteMissing: (digest) => journal.suspect(digest),
+    noteMissing: (digest) => {
+      try {
+        if (index.isIndexed(digest)) journal.suspect(digest);
+      } catch {
+        // the index cannot be read now: the next read of the digest notices again
+      }
+    },
     descriptorSize: (digest) => {
       try {
         return index.descriptorSize(digest);

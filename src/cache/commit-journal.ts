@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Digest } from '../oci/reference.js';
 import type { BlobStore, StoredObject } from './blob-store.js';
+import { syncDirectory } from './file-store.js';
 import { isProcessAlive } from './scratch.js';
 
 /** A journal a process that is gone left behind: the digests it was committing. */
@@ -86,7 +87,10 @@ export class CommitJournal {
     const dir = CommitJournal.directory(storagePath);
     await mkdir(dir, { recursive: true });
     const file = join(dir, `${process.pid}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`);
-    return new CommitJournal(file, await open(file, 'a'));
+    const handle = await open(file, 'a');
+    // The file's name must survive a power loss as surely as the lines appended to it.
+    await syncDirectory(dir);
+    return new CommitJournal(file, handle);
   }
 
   /** Digests not yet reconciled with the index. */

@@ -118,7 +118,8 @@ export class FileBlobStore implements BlobStore {
   }
 }
 
-async function syncDirectory(path: string): Promise<void> {
+/** fsync a directory: the names created, renamed or removed in it are durable. */
+export async function syncDirectory(path: string): Promise<void> {
   const handle = await open(path, 'r');
   try {
     await handle.sync();
