@@ -41,6 +41,8 @@ interface Pending {
 }
 
 export class CommitJournal {
+  /** Journals this process has open: another mirror in the same process on the same storage (tests do it) is alive. */
+  private static readonly openHere = new Set<string>();
   private readonly pending = new Map<string, Pending>();
   private generation = 0;
   /** Lines in the file since it was last emptied. */
@@ -74,8 +76,9 @@ export class CommitJournal {
     for (const name of names) {
       const pid = Number(name.split('-')[0]);
       // A live process's journal (a prewarm beside the server, a second server) is its own business.
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isProcessAlive(pid)) continue;
       const file = join(dir, name);
+      if (CommitJournal.openHere.has(file)) continue;
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isProcessAlive(pid)) continue;
       const text = await readFile(file, 'utf8').catch(() => '');
       left.push({ file, digests: [...new Set(text.split('\n').filter((line) => line.length > 0))] });
     }
@@ -90,6 +93,7 @@ export class CommitJournal {
     const handle = await open(file, 'a');
     // The file's name must survive a power loss as surely as the lines appended to it.
     await syncDirectory(dir);
+    CommitJournal.openHere.add(file);
     return new CommitJournal(file, handle);
   }
 
@@ -170,8 +174,9 @@ export class CommitJournal {
   async close(): Promise<{ clean: boolean }> {
     const clean = this.pending.size === 0;
     await this.enqueue(async () => {
+      CommitJournal.openHere.delete(this.file);
       await this.handle.close();
-      if (clean) await unlink(this.file);
+      if (clean) await unlink(this.file).catch(() => undefined);
     });
     return { clean };
   }

@@ -68,7 +68,8 @@ export class BlobService {
     const { store, access, downloads, offline, budget } = this.deps;
     const stat = await store.stat(digest);
     if (stat) {
-      await access.ensureLinked(route, digest, 'blob');
+      // Stored by a download for this very repository that is still finishing its commit: its link comes with it.
+      if (!this.joinsOwnRepository(route, digest)) await access.ensureLinked(route, digest, 'blob');
       this.deps.recordAccess(digest.value);
       return {
         digest: digest.value,
@@ -112,7 +113,7 @@ export class BlobService {
     const { store, access, downloads, offline, budget } = this.deps;
     const stat = await store.stat(digest);
     if (stat) {
-      await access.ensureLinked(route, digest, 'blob');
+      if (!this.joinsOwnRepository(route, digest)) await access.ensureLinked(route, digest, 'blob');
       return { digest: digest.value, size: stat.size, outcome: 'hit' };
     }
     if (offline) throw offlineMiss('BLOB_UNKNOWN', route, digest.value);
