@@ -160,6 +160,11 @@ const configSchema = z.strictObject({
         .optional(),
       /** 0 = unbounded. */
       maxSize: size.prefault(0),
+      /**
+       * Disk space downloads leave free (each reserves its size before it starts; one that does
+       * not fit passes through uncached). Default: 1% of the disk, at most 64 MiB.
+       */
+      minFree: size.optional(),
       /** Eviction starts past this fraction of maxSize… */
       highWatermark: z.number().gt(0).max(1).prefault(0.9),
       /** …and removes least recently used content until usage is under this one. */
@@ -263,6 +268,8 @@ const configSchema = z.strictObject({
       segmentThreshold: size.prefault('32MiB'),
       /** …this many at once (1 = always one stream). */
       segments: z.number().int().min(1).max(32).prefault(1),
+      /** The most bytes a blob may have when no stored manifest's descriptor gives its size. */
+      maxBlobSize: size.prefault('64GiB'),
     })
     .prefault({}),
 });
@@ -324,6 +331,8 @@ export interface Config {
     driver: 'filesystem' | 's3';
     s3: S3StoreOptions | undefined;
     maxSize: number;
+    /** Bytes downloads leave free on the disk; undefined = 1% of it, at most 64 MiB. */
+    minFree: number | undefined;
     highWatermark: number;
     lowWatermark: number;
   };
@@ -337,7 +346,7 @@ export interface Config {
   breaker: { failures: number; cooldownMs: number };
   clientMisses: { perMinute: number };
   revalidation: { perSecond: number; burst: number; rateLimitReserve: number };
-  downloads: { resumeAttempts: number; writeTimeoutMs: number; segmentThreshold: number };
+  downloads: { resumeAttempts: number; writeTimeoutMs: number; segmentThreshold: number; maxBlobSize: number };
 }
 
 export class ConfigError extends Error {
@@ -534,6 +543,7 @@ export function buildConfig(
         redirectTtlMs: parsed.storage.s3.redirect,
       },
       maxSize: parsed.storage.maxSize,
+      minFree: parsed.storage.minFree,
       highWatermark: parsed.storage.highWatermark,
       lowWatermark: parsed.storage.lowWatermark,
     },
@@ -547,7 +557,12 @@ export function buildConfig(
     breaker: { failures: parsed.breaker.failures, cooldownMs: parsed.breaker.cooldown },
     clientMisses: { perMinute: parsed.clientMisses.perMinute },
     revalidation: parsed.revalidation,
-    downloads: { resumeAttempts: parsed.downloads.resumeAttempts, writeTimeoutMs: parsed.downloads.writeTimeout, segmentThreshold: parsed.downloads.segmentThreshold },
+    downloads: {
+      resumeAttempts: parsed.downloads.resumeAttempts,
+      writeTimeoutMs: parsed.downloads.writeTimeout,
+      segmentThreshold: parsed.downloads.segmentThreshold,
+      maxBlobSize: parsed.downloads.maxBlobSize,
+    },
   };
   return deepFreeze(config);
 }

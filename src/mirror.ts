@@ -10,14 +10,16 @@
 //   core/referrers-service.ts  /referrers/: the upstream's API or tag schema, and what the mirror holds
 
 import { unlink } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { BlobStore } from './cache/blob-store.js';
 import { Downloads } from './cache/downloads.js';
 import { Evictor } from './cache/eviction.js';
-import { CacheIndex } from './cache/index.js';
+import { JournaledStore, type CommitJournal } from './cache/commit-journal.js';
+import type { CacheIndex } from './cache/index.js';
+import { openIndex, reconcileDigest, startIndexRebuild, type IndexRebuild } from './cache/index-recovery.js';
 import { ManifestCache } from './cache/manifest-cache.js';
 import { openStorage } from './cache/open-store.js';
+import { DiskSpace } from './cache/space-reservation.js';
 import type { ScratchSpace } from './cache/scratch.js';
 import { TagCache } from './cache/tag-cache.js';
 import { systemClock, type Clock } from './clock.js';
@@ -59,6 +61,10 @@ interface MirrorParts {
   store: BlobStore;
   scratch: ScratchSpace;
   index: CacheIndex;
+  /** What this process is committing, until the index holds it (cache/commit-journal.ts). */
+  journal: CommitJournal;
+  /** The index being rebuilt from the store (it was damaged or missing). */
+  rebuild: IndexRebuild | undefined;
   downloads: Downloads;
   evictor: Evictor;
   manifests: ManifestService;
@@ -92,7 +98,10 @@ export class Mirror {
       config: this.config, logger: this.logger, clock: this.clock, metrics: this.metrics, selector: this.selector,
       upstreams: this.upstreams, store: this.store, scratch: this.scratch, index: this.index, downloads: this.downloads, evictor: this.evictor,
     } = parts);
-    this.flushTimer = setInterval(() => this.flushIndex(), ACCESS_FLUSH_MS);
+    this.flushTimer = setInterval(() => {
+      this.flushIndex();
+      void this.settleJournal();
+    }, ACCESS_FLUSH_MS);
     this.flushTimer.unref();
   }
 
@@ -140,6 +149,26 @@ export class Mirror {
     }
   }
 
+  /**
+   * Reconcile what was committed since the last settle with the index: rows the index refused
+   * are written now (eviction sees the files), rows whose files vanished are dropped. Failures
+   * (the index still refusing) are logged and retried at the next tick.
+   */
+  async settleJournal(): Promise<void> {
+    const { journal } = this.parts;
+    try {
+      await journal.settle(
+        async (digest, unchanged) => {
+          const { adopted } = await reconcileDigest(this.store, this.index, digest, this.clock.now(), unchanged);
+          if (adopted !== undefined) this.evictor.added(adopted);
+        },
+        () => this.index.checkpoint(),
+      );
+    } catch (err) {
+      this.logger.error({ pending: journal.pendingCount, err: (err as Error).message }, 'could not record committed content in the index; keeping it for the next try');
+    }
+  }
+
   /** Why the mirror cannot serve now (storage not writable, index closed), or undefined when ready. */
   async readiness(): Promise<string | undefined> {
     try {
@@ -156,10 +185,18 @@ export class Mirror {
   async close(): Promise<void> {
     clearInterval(this.flushTimer);
     this.flushIndex();
+    this.parts.rebuild?.abort();
     this.downloads.abortAll('mirror shutting down');
-    await this.downloads.settled();
+    await Promise.all([this.downloads.settled(), this.parts.rebuild?.done]);
+    await this.settleJournal();
     await Promise.all([this.upstreams.close(), this.parts.peers?.close()]);
-    this.index.close();
+    try {
+      this.index.close();
+    } catch (err) {
+      this.logger.error({ err: (err as Error).message }, 'could not write the last access times to the index');
+    }
+    // Removed only when everything committed is in the index: otherwise the next start reconciles it.
+    await this.parts.journal.close();
   }
 }
 
@@ -168,15 +205,18 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   const { config, logger } = options;
   const clock = options.clock ?? systemClock;
   const metrics = options.metrics ?? new MirrorMetrics();
-  const { store, scratch, sweptTempFiles } = await openStorage(config, { sweep: true });
+  const storage = await openStorage(config, { sweep: true });
+  const { scratch, sweptTempFiles } = storage;
   if (sweptTempFiles > 0) logger.info({ sweptTempFiles }, 'removed unfinished downloads left by an earlier run');
+  const { index, journal, needsRebuild } = await openIndex(config.storage.path, storage.store, { logger, now: () => clock.now() });
+  // Every commit is journalled first: a crash between a commit and its index row is repaired at the next start.
+  const store = new JournaledStore(storage.store, journal);
 
   const registries = config.upstreams.map((u) => new UpstreamRegistry(u));
   const fallback = registries.find((u) => u.name === config.defaultUpstream) ?? registries[0];
   if (!fallback) throw new Error('no upstream configured');
   const selector = new UpstreamSelector(registries, fallback);
   const upstreams = new Upstreams(registries, config, { clock, logger, metrics });
-  const index = new CacheIndex(join(config.storage.path, 'index.db'));
   const recordAccess = (digest: string) => index.recordAccess(digest, clock.now());
 
   // Eviction needs to know what is busy and to drop in-memory copies: it is told through
@@ -194,6 +234,9 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
       metrics.evictedBytes.inc(size);
     },
   );
+  const rebuild = needsRebuild
+    ? startIndexRebuild(config.storage.path, store, index, { logger, now: () => clock.now(), onAdopted: (bytes) => evictor.added(bytes) })
+    : undefined;
   manifestCache = new ManifestCache(store, index, { clock, logger, onAdded: (bytes) => evictor.added(bytes) });
   const downloads = new Downloads({ store, scratch }, {
     resumeAttempts: config.downloads.resumeAttempts,
@@ -209,7 +252,23 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   const budget = new ClientMissBudget(config.clientMisses.perMinute, clock);
   const peers = config.cluster ? new Peers(config.cluster, config.timeouts, logger, clock) : undefined;
   blobs = new BlobService({
-    offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
+    offline: config.offline, storagePath: config.storage.path, store, space: new DiskSpace(scratch.dir, config.storage.minFree), downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
+    // A row whose file vanished (deleted behind the mirror's back) is dropped by the next settle, unless refetched first.
+    noteMissing: (digest) => {
+      try {
+        if (index.isIndexed(digest)) journal.suspect(digest);
+      } catch {
+        // the index cannot be read now: the next read of the digest notices again
+      }
+    },
+    descriptorSize: (digest) => {
+      try {
+        return index.descriptorSize(digest);
+      } catch {
+        return undefined; // the index failing: the configured cap still bounds the download
+      }
+    },
+    maxBlobSize: config.downloads.maxBlobSize,
   });
   const manifests = new ManifestService({ config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, budget, recordAccess });
   const tagLists = new TagListService(index, upstreams, config.offline, budget);
@@ -225,6 +284,6 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     breakers: () => upstreams.all().map((c) => ({ upstream: c.registry.name, state: c.breaker.state })),
   });
   return new Mirror({
-    config, logger, clock, metrics, selector, upstreams, store, scratch, index, downloads, evictor, manifests, blobs, tagLists, catalog, referrers, peers,
+    config, logger, clock, metrics, selector, upstreams, store, scratch, index, journal, rebuild, downloads, evictor, manifests, blobs, tagLists, catalog, referrers, peers,
   });
 }

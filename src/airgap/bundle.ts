@@ -13,7 +13,7 @@ import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import type { Mirror } from '../mirror.js';
 import { DigestVerifier } from '../oci/digest.js';
-import { childDigests, parseManifest, type Platform } from '../oci/manifest.js';
+import { childDescriptors, childDigests, parseManifest, type Platform } from '../oci/manifest.js';
 import { MediaType } from '../oci/media-types.js';
 import { parseDigest } from '../oci/reference.js';
 import { isReferrersTag, referrerFactsOf } from '../oci/referrers.js';
@@ -263,7 +263,7 @@ export async function importBundle(mirror: Mirror, path: string): Promise<Import
         if (mediaType) {
           const bytesOf = await mirror.store.read(parseDigest(digest));
           const parsed = parseManifest(bytesOf!, mediaType);
-          mirror.index.putManifest({ digest, mediaType, size: bytesOf!.length, children: childDigests(parsed), referrer: referrerFactsOf(parsed) }, link, now);
+          mirror.index.putManifest({ digest, mediaType, size: bytesOf!.length, children: childDescriptors(parsed), referrer: referrerFactsOf(parsed) }, link, now);
         } else {
           const stat = await mirror.store.stat(parseDigest(digest));
           mirror.index.putBlob(digest, stat!.size, now);

@@ -3,7 +3,10 @@
 //   <storage.path>/
 //     blobs/sha256/ab/ab12…ef        verified content only, named by its digest (file-store.ts)
 //     tmp/<pid>-<time>-<random>      downloads in progress, swept at start-up (scratch.ts)
+//     journal/<pid>-<time>-<random>  digests being committed, per process (commit-journal.ts)
 //     index.db                       the SQLite index (index.ts)
+//     index.db.damaged-<time>        a damaged index, set aside for inspection (index-recovery.ts)
+//     index.db.rebuilding            present while the index is rebuilt from the store
 //
 // With the S3 driver (s3-store.ts) blobs/ lives in a bucket shared by replicas, under the
 // same content-addressed keys; tmp/ and index.db stay on each replica's own disk.

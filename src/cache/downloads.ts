@@ -101,6 +101,10 @@ export class BlobDownload extends EventEmitter {
       for (let attempt = 0; ; attempt++) {
         try {
           const { body, totalSize, etag, acceptsRanges } = await this.source.open(this.written);
+          if (totalSize !== undefined && totalSize > (this.source.maxSize ?? Infinity)) {
+            body.destroy();
+            throw this.tooBig(totalSize);
+          }
           if (this.totalSize === undefined) this.totalSize = totalSize;
           else if (totalSize !== undefined && totalSize !== this.totalSize) {
             throw new RegistryError('BLOB_UNKNOWN', 'upstream changed the blob size while resuming', { status: 502, detail: { digest: this.digest.value } });
@@ -219,6 +223,7 @@ export class BlobDownload extends EventEmitter {
     if (this.totalSize !== undefined && this.written + length > this.totalSize) {
       throw new RegistryError('DIGEST_INVALID', 'upstream sent more bytes than it announced', { status: 502, detail: { digest: this.digest.value } });
     }
+    if (this.written + length > (this.source.maxSize ?? Infinity)) throw this.tooBig(this.written + length);
     await this.source.throttle?.(length);
     let position = this.written;
     let pending = chunks;
@@ -321,6 +326,14 @@ export class BlobDownload extends EventEmitter {
       return false;
     }
     throw failures.find((f) => !(f instanceof SegmentFallback)) ?? fallback;
+  }
+
+  /** The upstream's blob is larger than the bound (descriptor or cap): nothing of it is kept. */
+  private tooBig(size: number): RegistryError {
+    return new RegistryError('SIZE_INVALID', `upstream blob is larger (${size} bytes or more) than the ${this.source.maxSize} bytes it may have`, {
+      status: 502,
+      detail: { digest: this.digest.value, size, maxSize: this.source.maxSize },
+    });
   }
 
   private fail(error: Error): void {

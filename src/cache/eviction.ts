@@ -82,9 +82,10 @@ export class Evictor {
       projected -= entry.size;
     }
     for (const v of victims) {
-      // Index first: a crash in between leaves a file without a row, which verify/gc adopt again.
-      this.index.forget(v.digest);
+      // The file first: a crash in between leaves a row without its file, which reads and the
+      // next eviction drop; the other order would leave a file no row ever accounts for.
       await this.store.delete(parseDigest(v.digest)).catch(() => false);
+      this.index.forget(v.digest);
       this.onEvicted(v.digest, v.size);
       evicted++;
       freed += v.size;

@@ -95,6 +95,8 @@ const MIGRATIONS: string[] = [
      checked_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
      PRIMARY KEY (upstream, repo, subject)
    ) WITHOUT ROWID;`,
+  // 4: the size a manifest's descriptor gives each reference: a download without Content-Length is bounded by it.
+  `ALTER TABLE refs ADD COLUMN size INTEGER;`,
 ];
 
 interface TagDbRow {
@@ -136,7 +138,8 @@ export class CacheIndex {
     deleteManifest: Statement<[string]>;
     hasLink: Statement<[string, string, string], { one: number }>;
     putLink: Statement<[string, string, string]>;
-    putRef: Statement<[string, string]>;
+    putRef: Statement<[string, string, number | null]>;
+    descriptorSize: Statement<[string], { size: number | null }>;
     touchBlob: Statement<[number, string]>;
     touchManifest: Statement<[number, string]>;
     addCounter: Statement<[string, number]>;
@@ -150,12 +153,22 @@ export class CacheIndex {
 
   constructor(path: string) {
     this.db = new Database(path);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = NORMAL');
-    this.db.pragma('busy_timeout = 5000');
-    this.migrate();
+    try {
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.pragma('busy_timeout = 5000');
+      this.migrate();
+      this.s = this.prepare();
+    } catch (err) {
+      // Not a database, damaged, or too new: let the caller decide, without a dangling handle.
+      this.db.close();
+      throw err;
+    }
+  }
+
+  private prepare(): CacheIndex['s'] {
     const db = this.db;
-    this.s = {
+    return {
       getTag: db.prepare('SELECT * FROM tags WHERE upstream = ? AND repo = ? AND tag = ? AND accept = ?'),
       putTag: db.prepare(
         `INSERT INTO tags (upstream, repo, tag, accept, digest, media_type, fetched_at, checked_at, expires_at)
@@ -181,7 +194,8 @@ export class CacheIndex {
       deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
       hasLink: db.prepare('SELECT 1 AS one FROM links WHERE upstream = ? AND repo = ? AND digest = ?'),
       putLink: db.prepare('INSERT OR IGNORE INTO links (upstream, repo, digest) VALUES (?, ?, ?)'),
-      putRef: db.prepare('INSERT OR IGNORE INTO refs (parent, child) VALUES (?, ?)'),
+      putRef: db.prepare('INSERT INTO refs (parent, child, size) VALUES (?, ?, ?) ON CONFLICT (parent, child) DO UPDATE SET size = coalesce(excluded.size, size)'),
+      descriptorSize: db.prepare('SELECT max(size) AS size FROM refs WHERE child = ?'),
       touchBlob: db.prepare('UPDATE blobs SET last_access = max(last_access, ?) WHERE digest = ?'),
       touchManifest: db.prepare('UPDATE manifests SET last_access = max(last_access, ?) WHERE digest = ?'),
       addCounter: db.prepare('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value'),
@@ -206,6 +220,17 @@ export class CacheIndex {
       ),
       deleteReferrerList: db.prepare('DELETE FROM referrer_lists WHERE upstream = ? AND repo = ? AND subject = ?'),
     };
+  }
+
+  /** SQLite's quick consistency check: undefined when sound, else what it found. */
+  quickCheck(): string | undefined {
+    const rows = this.db.pragma('quick_check') as { quick_check: string }[];
+    return rows.length === 1 && rows[0]!.quick_check === 'ok' ? undefined : rows.slice(0, 5).map((r) => r.quick_check).join('; ');
+  }
+
+  /** Make every committed transaction durable (WAL synced), e.g. before dropping a journal of them. */
+  checkpoint(): void {
+    this.db.pragma('wal_checkpoint(PASSIVE)');
   }
 
   private migrate(): void {
@@ -255,7 +280,7 @@ export class CacheIndex {
   /** A manifest, its links, its references and the subject it refers to (if any), in one transaction. */
   putManifest(
     m: {
-      digest: string; mediaType: string; size: number; children: string[];
+      digest: string; mediaType: string; size: number; children: { digest: string; size: number | undefined }[];
       referrer?: { subject: string; artifactType: string | undefined; annotations: Record<string, string> | undefined } | undefined;
     },
     link: { upstream: string; repo: string } | undefined,
@@ -269,11 +294,19 @@ export class CacheIndex {
       }
       if (link) this.s.putLink.run(link.upstream, link.repo, m.digest);
       for (const child of m.children) {
-        this.s.putRef.run(m.digest, child);
+        this.s.putRef.run(m.digest, child.digest, child.size ?? null);
         // The repository's own manifest says it contains these: it may be served them.
-        if (link) this.s.putLink.run(link.upstream, link.repo, child);
+        if (link) this.s.putLink.run(link.upstream, link.repo, child.digest);
       }
     })();
+  }
+
+  /**
+   * The size the stored manifests' descriptors give `digest` (the largest, when they differ:
+   * a manifest that understates a size must not make the real blob undownloadable).
+   */
+  descriptorSize(digest: string): number | undefined {
+    return this.s.descriptorSize.get(digest)?.size ?? undefined;
   }
 
   putBlob(digest: string, size: number, now: number): void {
@@ -463,7 +496,11 @@ export class CacheIndex {
   }
 
   close(): void {
-    this.flushAccessTimes();
-    this.db.close();
+    try {
+      this.flushAccessTimes();
+    } finally {
+      // Closed even when the last flush fails (a full disk): the batch is lost, the file is not.
+      this.db.close();
+    }
   }
 }

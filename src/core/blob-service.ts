@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { BlobStore } from '../cache/blob-store.js';
 import type { BlobDownload, Downloads } from '../cache/downloads.js';
-import type { ScratchSpace } from '../cache/scratch.js';
+import type { DiskSpace, Reservation } from '../cache/space-reservation.js';
 import type { Peers } from '../cluster/peer-source.js';
 import type { MirrorMetrics } from '../metrics.js';
 import { RegistryError } from '../oci/errors.js';
@@ -26,7 +26,8 @@ export interface BlobServiceDeps {
   offline: boolean;
   storagePath: string;
   store: BlobStore;
-  scratch: ScratchSpace;
+  /** Room on the download disk, reserved per download. */
+  space: DiskSpace;
   downloads: Downloads;
   access: RepositoryAccess;
   upstreams: Upstreams;
@@ -37,6 +38,12 @@ export interface BlobServiceDeps {
   budget: ClientMissBudget;
   /** Note an access for eviction's LRU (batched by the index). */
   recordAccess(digest: string): void;
+  /** The size a stored manifest's descriptor gives `digest`, when one does. */
+  descriptorSize(digest: string): number | undefined;
+  /** The bound on a blob whose size no descriptor gives (downloads.maxBlobSize). */
+  maxBlobSize: number;
+  /** The store has no file for `digest`: a row the index may still hold for it is checked soon. */
+  noteMissing(digest: string): void;
 }
 
 export class BlobService {
@@ -61,7 +68,8 @@ export class BlobService {
     const { store, access, downloads, offline, budget } = this.deps;
     const stat = await store.stat(digest);
     if (stat) {
-      await access.ensureLinked(route, digest, 'blob');
+      // Stored by a download for this very repository that is still finishing its commit: its link comes with it.
+      if (!this.joinsOwnRepository(route, digest)) await access.ensureLinked(route, digest, 'blob');
       this.deps.recordAccess(digest.value);
       return {
         digest: digest.value,
@@ -71,6 +79,7 @@ export class BlobService {
         open: (start, end) => this.serveFromStore(digest, start, end),
       };
     }
+    this.deps.noteMissing(digest.value);
     if (offline) throw offlineMiss('BLOB_UNKNOWN', route, digest.value);
     let download = downloads.get(digest);
     let outcome: CacheOutcome = 'coalesced';
@@ -105,7 +114,7 @@ export class BlobService {
     const { store, access, downloads, offline, budget } = this.deps;
     const stat = await store.stat(digest);
     if (stat) {
-      await access.ensureLinked(route, digest, 'blob');
+      if (!this.joinsOwnRepository(route, digest)) await access.ensureLinked(route, digest, 'blob');
       return { digest: digest.value, size: stat.size, outcome: 'hit' };
     }
     if (offline) throw offlineMiss('BLOB_UNKNOWN', route, digest.value);
@@ -121,15 +130,26 @@ export class BlobService {
 
   /** The one download of `digest`, from the replica that owns it or from the upstream. */
   private startDownload(route: Route, digest: Digest, fromPeer: boolean): BlobDownload {
-    const { downloads, peers, upstreams, scratch, access, metrics } = this.deps;
+    const { downloads, peers, upstreams, space, access, metrics } = this.deps;
+    const described = this.deps.descriptorSize(digest.value);
+    // The download (and a pass-through) never takes more than this, whatever the upstream sends.
+    const maxSize = described ?? this.deps.maxBlobSize;
+    let download: BlobDownload | undefined;
+    let reservation: Reservation | undefined;
     const fromUpstream = upstreamBlobSource(upstreams, route, digest, {
       admit: async (response, totalSize) => {
-        if (totalSize !== undefined && !(await scratch.hasSpaceFor(totalSize))) throw new NoRoomForBlob(response, totalSize);
+        const expected = totalSize ?? described;
+        // Larger than it may be: the download refuses it as soon as admitted. Size unknown: the writes will tell.
+        if (expected === undefined || expected > maxSize) return;
+        // The room is taken before the first byte: concurrent downloads cannot all count on the same free space.
+        reservation = await space.tryReserve(expected, () => download?.written ?? 0);
+        if (!reservation) throw new NoRoomForBlob(response, totalSize, maxSize);
       },
     });
     // A peer's request is never forwarded again: the owner downloads it itself.
     const owner = fromPeer ? undefined : peers?.ownerOf(digest);
-    const download = downloads.start(digest, owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream);
+    const source = owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream;
+    download = downloads.start(digest, { ...source, maxSize });
     metrics.downloadsInFlight.inc();
     this.startedFor.set(digest.value, repositoryKey(route));
     void download.finished
@@ -138,6 +158,8 @@ export class BlobService {
         if (err instanceof RegistryError && err.code === 'DIGEST_INVALID' && err.status >= 500) metrics.digestMismatches.inc({ upstream: route.upstream.name });
       })
       .finally(() => {
+        // Committed, failed or aborted: what it holds is on disk now, or free again.
+        reservation?.release();
         metrics.downloadsInFlight.dec();
         this.startedFor.delete(digest.value);
       });

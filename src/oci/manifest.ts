@@ -103,6 +103,17 @@ export function stringMap(value: unknown): Record<string, string> | undefined {
   return Object.keys(out).length > 0 ? out : undefined;
 }
 
+/** Every descriptor a manifest references directly, with the size it declares (undefined when none). */
+export function childDescriptors(m: ParsedManifest): { digest: string; size: number | undefined }[] {
+  const out = new Map<string, number | undefined>();
+  for (const d of [...m.manifests, ...(m.config ? [m.config] : []), ...m.layers]) {
+    const size = Number.isSafeInteger(d.size) && d.size >= 0 ? d.size : undefined;
+    const seen = out.get(d.digest);
+    out.set(d.digest, seen === undefined || size === undefined ? (size ?? seen) : Math.max(seen, size));
+  }
+  return [...out].map(([digest, size]) => ({ digest, size }));
+}
+
 /** Every digest a manifest references directly. */
 export function childDigests(m: ParsedManifest): string[] {
   const out = new Set<string>();

@@ -142,7 +142,7 @@ describe("the index's referrer rows", () => {
   it('records a stored referrer, lists it only in a repository linked to it, and forgets it with its manifest', () => {
     const { index } = open();
     index.putManifest({ digest: image, mediaType: MediaType.OciManifest, size: 10, children: [] }, repo, 1);
-    index.putManifest({ digest: signature, mediaType: MediaType.OciManifest, size: 20, children: [payload], referrer: { subject: image, artifactType: 'application/sig', annotations: { a: 'b' } } }, repo, 1);
+    index.putManifest({ digest: signature, mediaType: MediaType.OciManifest, size: 20, children: [{ digest: payload, size: undefined }], referrer: { subject: image, artifactType: 'application/sig', annotations: { a: 'b' } } }, repo, 1);
     expect(index.referrersOf('docker.io', 'team/app', image, 10)).toEqual([{ digest: signature, mediaType: MediaType.OciManifest, size: 20, artifactType: 'application/sig', annotations: { a: 'b' } }]);
     expect(index.referrersOf('docker.io', 'team/other', image, 10)).toEqual([]);
     expect(index.referrersOf('docker.io', 'team/app', signature, 10)).toEqual([]);
@@ -154,7 +154,7 @@ describe("the index's referrer rows", () => {
   it('keeps the referrers of a pinned image (and what they reference) from eviction', () => {
     const { index } = open();
     index.putManifest({ digest: image, mediaType: MediaType.OciManifest, size: 10, children: [] }, repo, 1);
-    index.putManifest({ digest: signature, mediaType: MediaType.OciManifest, size: 20, children: [payload], referrer: { subject: image, artifactType: undefined, annotations: undefined } }, repo, 1);
+    index.putManifest({ digest: signature, mediaType: MediaType.OciManifest, size: 20, children: [{ digest: payload, size: undefined }], referrer: { subject: image, artifactType: undefined, annotations: undefined } }, repo, 1);
     index.putTag({ ...repo, tag: 'v1', accept: 'all', digest: image, mediaType: MediaType.OciManifest, fetchedAt: 1, checkedAt: 1, expiresAt: 2 });
     expect(index.protectedDigests(100).has(signature)).toBe(false);
     index.pin('docker.io', 'team/app', 'v1');
@@ -172,7 +172,7 @@ describe("the index's referrer rows", () => {
     db.pragma('user_version = 2');
     db.close();
     const reopened = new CacheIndex(join(dir, 'index.db'));
-    expect(reopened.db.pragma('user_version', { simple: true })).toBe(3);
+    expect(reopened.db.pragma('user_version', { simple: true })).toBe(4);
     expect(reopened.getManifest(image)?.size).toBe(10);
     reopened.putReferrerList('docker.io', 'team/app', image, { descriptors: '[]', checkedAt: 1, expiresAt: 2 });
     expect(reopened.getReferrerList('docker.io', 'team/app', image)).toEqual({ descriptors: '[]', checkedAt: 1, expiresAt: 2 });
