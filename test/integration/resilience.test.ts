@@ -4,7 +4,7 @@
 // manual clock (no sleeping through TTLs).
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
-import { startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
+import { sha256, startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
 import { get } from '../fixtures/http-client.js';
 import { addTinyImage } from '../fixtures/images-fake.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
@@ -146,6 +146,30 @@ describe('token expiry mid-pull', () => {
     const b = await get(`${mirror.url}/v2/${tag.repo}/blobs/${layer}`);
     expect(b.status).toBe(200);
     expect(upstream.count({ kind: 'token' }) - tokensBefore).toBe(1);
+  });
+});
+
+describe('tokens per repository', () => {
+  it('asks for one token per repository scope and sends each only where its scope holds (no 401 round trips)', async () => {
+    await cachedTag(); // the upstream's challenge is known from here on
+    const repos = [`team/scoped-a${serial}`, `team/scoped-b${serial}`];
+    const layers = repos.map((repo) => [1, 2, 3].map((i) => upstream.addBlob(Buffer.from(`scoped ${repo} ${i}`), [repo])));
+    upstream.reset();
+    // Alternate between the two repositories, each blob a cold fetch.
+    for (let i = 0; i < 3; i++) {
+      for (const [r, repo] of repos.entries()) {
+        const b = await get(`${mirror.url}/v2/${repo}/blobs/${layers[r]![i]}`);
+        expect(b.status).toBe(200);
+        expect(sha256(b.body)).toBe(layers[r]![i]);
+      }
+    }
+    for (const repo of repos) {
+      const scope = new URLSearchParams({ scope: `repository:${repo}:pull` }).toString();
+      expect([repo, upstream.requests.filter((q) => q.kind === 'token' && q.query.includes(scope)).length]).toEqual([repo, 1]);
+    }
+    expect(upstream.count({ kind: 'token' })).toBe(2);
+    expect(upstream.requests.filter((q) => q.status === 401)).toEqual([]);
+    expect(upstream.count({ kind: 'blob', method: 'GET' })).toBe(6);
   });
 });
 
