@@ -1,6 +1,7 @@
 // Operating it in production (issue 7): metrics, health, graceful shutdown, TLS with
 // reload, client authentication, and the status page in a real browser.
 import { execFileSync } from 'node:child_process';
+import http from 'node:http';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +14,7 @@ import { get } from '../fixtures/http-client.js';
 import { addTinyImage } from '../fixtures/images-fake.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
 import { skopeoCopy } from '../fixtures/skopeo-client.js';
+import { deferred, waitFor } from '../fixtures/wait.js';
 
 const MiB = 1024 * 1024;
 let upstream: FakeUpstream;
@@ -48,13 +50,17 @@ describe('metrics and health', () => {
     addTinyImage(upstream, 'team/metrics', 'v1', 'metrics');
     const scrape = async () => (await get(`${mirror.url}/metrics`)).body.toString();
     const url = `${mirror.url}/v2/team/metrics/manifests/v1`;
-    expect((await get(url)).status).toBe(200);
-    expect((await get(url)).status).toBe(200);
+    const miss = await get(url);
+    expect(miss.status).toBe(200);
+    const hit = await get(url);
+    expect(hit.status).toBe(200);
     clock.advance(2 * 60_000);
     upstream.fault = () => ({ status: 503 });
-    expect((await get(url)).headers.warning).toBeDefined();
+    const stale = await get(url);
+    expect(stale.headers.warning).toBeDefined();
     upstream.fault = undefined;
-    await new Promise((r) => setTimeout(r, 50));
+    // Requests are counted when their response closes, with the access line.
+    for (const r of [miss, hit, stale]) await mirror.accessFor(r.headers);
     const text = await scrape();
     expect(metricValue(text, 'mirror_http_requests_total', { route: 'manifest', outcome: 'miss' })).toBe(1);
     expect(metricValue(text, 'mirror_http_requests_total', { route: 'manifest', outcome: 'hit' })).toBe(1);
@@ -72,25 +78,34 @@ describe('metrics and health', () => {
     expect((await get(`${mirror.url}/readyz`)).status).toBe(200);
     const bytes = pseudoRandomBytes(4 * MiB, 'shutdown');
     const digest = upstream.addBlob(bytes);
-    upstream.fault = (r) => (r.kind === 'blob' ? { bytesPerSecond: 4 * MiB } : undefined);
-    const inFlight = get(`${mirror.url}/v2/team/metrics/blobs/${digest}`);
-    await new Promise((r) => setTimeout(r, 200));
-    // A keep-alive connection opened before shutdown still reaches the server.
-    const closing = mirror.server.close(10_000);
-    const { request } = await import('node:http');
-    const ready = await new Promise<number>((resolve) => {
-      // The listening socket is closed: a new connection is refused, which is the point.
-      const req = request(`${mirror.url}/readyz`, (res) => resolve(res.statusCode ?? 0));
-      req.on('error', () => resolve(-1));
-      req.end();
-    });
-    expect([503, -1]).toContain(ready);
-    const finished = await inFlight;
-    expect(finished.status).toBe(200);
-    expect(finished.truncated).toBe(false);
-    expect(finished.body.equals(bytes)).toBe(true);
-    await closing;
-    upstream.fault = undefined;
+    // The upstream holds the blob after its first MiB until shutdown has begun.
+    const gate = deferred();
+    upstream.fault = (r) => (r.kind === 'blob' && r.method === 'GET' ? { hold: { afterBytes: 1 * MiB, until: gate.promise } } : undefined);
+    // One keep-alive connection: the blob's response is under way on it when shutdown begins,
+    // and the readiness check queued behind it goes out on that same connection afterwards.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      let answered = false;
+      const inFlight = get(`${mirror.url}/v2/team/metrics/blobs/${digest}`, { agent, onHeaders: () => (answered = true) });
+      await waitFor(() => answered, 10_000, 'the blob response to be under way');
+      const readyAfterwards = get(`${mirror.url}/readyz`, { agent });
+      const closing = mirror.server.close(10_000);
+      // The listening socket is closed: a new connection is refused.
+      await expect(get(`${mirror.url}/readyz`)).rejects.toThrow(/ECONNREFUSED/);
+      gate.resolve();
+      const finished = await inFlight;
+      expect(finished.status).toBe(200);
+      expect(finished.truncated).toBe(false);
+      expect(finished.body.equals(bytes)).toBe(true);
+      const ready = await readyAfterwards;
+      expect(ready.status).toBe(503);
+      expect(ready.body.toString()).toBe('shutting down\n');
+      expect(ready.headers.connection).toBe('close');
+      await closing;
+    } finally {
+      upstream.fault = undefined;
+      agent.destroy();
+    }
   });
 });
 
@@ -158,8 +173,10 @@ describe('client authentication', () => {
       expect((await get(`${mirror.url}/healthz`)).status).toBe(200);
       const logs = mirror.logs.map((l) => JSON.stringify(l)).join('\n');
       expect(logs).toContain('client authentication failed');
-      expect(logs).not.toContain('guess');
-      expect(logs).not.toContain('s3cret-pass');
+      // Neither the passwords nor the Basic headers that carried them.
+      for (const secret of ['guess', 's3cret-pass', ...['ops:guess', 'ops:s3cret-pass', 'eve:s3cret-pass'].map((c) => Buffer.from(c).toString('base64'))]) {
+        expect([secret, logs.includes(secret)]).toEqual([secret, false]);
+      }
       // The user's credentials never reach the upstream either.
       for (const r of upstream.requests) expect(r.authorization ?? '').not.toContain(Buffer.from('ops:s3cret-pass').toString('base64'));
     } finally {
@@ -179,10 +196,14 @@ describe('status page', () => {
     });
     try {
       const image = addTinyImage(upstream, 'library/nginx', '1.25', 'status-page');
-      expect((await get(`${mirror.url}/v2/library/nginx/manifests/1.25`)).status).toBe(200);
-      expect((await get(`${mirror.url}/v2/library/nginx/manifests/1.25`)).status).toBe(200);
-      expect((await get(`${mirror.url}/v2/library/nginx/blobs/${image.layer}`)).status).toBe(200);
-      await new Promise((r) => setTimeout(r, 50));
+      const pulls = [
+        await get(`${mirror.url}/v2/library/nginx/manifests/1.25`),
+        await get(`${mirror.url}/v2/library/nginx/manifests/1.25`),
+        await get(`${mirror.url}/v2/library/nginx/blobs/${image.layer}`),
+      ];
+      for (const r of pulls) expect(r.status).toBe(200);
+      // What the page shows is recorded when each response closes.
+      for (const r of pulls) await mirror.accessFor(r.headers);
       const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
       await page.goto(`${mirror.url}/`);
       expect(await page.title()).toBe('registry-mirror');

@@ -20,12 +20,15 @@ import { bigLayer, buildImage, smallLayer, type Image } from '../fixtures/oci-im
 import { freePort, startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
 import { seedStandardContent, type SeededContent } from '../fixtures/seed.js';
 import { skopeoCopy } from '../fixtures/skopeo-client.js';
+import { waitFor } from '../fixtures/wait.js';
 
 let rgw: CephRgw;
 let upstream: RealUpstream;
 let content: SeededContent;
 const work = mkdtempSync(join(tmpdir(), 's3-replicas-'));
 const mirrors: TestMirror[] = [];
+/** What the mirror process killed mid-download wrote (checked for secrets at the end). */
+let crashOutput = '';
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 function s3Settings(bucket: string, redirect = '0') {
@@ -118,11 +121,11 @@ describe('replicas sharing a bucket', () => {
     expect(cold.status).toBe(200);
     // The client had its last byte once the digest checked; the upload to the bucket follows.
     let warm = await get(`${m.url}/v2/library/debian/blobs/${layer.digest}`);
-    for (let i = 0; i < 100 && warm.status !== 307; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      warm = await get(`${m.url}/v2/library/debian/blobs/${layer.digest}`);
-    }
-    expect(warm.status).toBe(307);
+    await waitFor(
+      async () => (warm = await get(`${m.url}/v2/library/debian/blobs/${layer.digest}`)).status === 307,
+      10_000,
+      'the blob to be in the bucket (a redirect to it)',
+    );
     expect(String(warm.headers.location)).toContain(`${rgw.endpoint}/redirects/blobs/sha256/`);
     const fromBucket = await fetch(String(warm.headers.location));
     expect(sha(Buffer.from(await fromBucket.arrayBuffer()))).toBe(layer.digest);
@@ -159,20 +162,34 @@ describe('replicas sharing a bucket', () => {
     const doomed = await startMirrorProcess(['--config', config, '--upstream', slow.url, '--log-level', 'info']);
     const store = new S3BlobStore({ ...s3Settings('crash'), prefix: '', forcePathStyle: true, redirectTtlMs: 0 });
     try {
-      const cut = get(`${doomed.url}/v2/team/crash/blobs/${layer.digest}`).catch(() => undefined);
-      await new Promise((r) => setTimeout(r, 1500));
+      // Killed mid-download: once the client has had a few MiB of the 48.
+      let received = 0;
+      const cut = get(`${doomed.url}/v2/team/crash/blobs/${layer.digest}`, { onHeaders: (res) => res.on('data', (c: Buffer) => (received += c.length)) }).catch(() => undefined);
+      await waitFor(() => received >= 4 * 1024 * 1024, 30_000, 'the download to be under way');
       await doomed.kill('SIGKILL');
+      expect(received).toBeLessThan(layer.size);
       await cut;
       expect(await store.stat(parseDigest(layer.digest))).toBeUndefined();
       const other = await replica('crash');
       const r = await get(`${other.url}/v2/team/crash/blobs/${layer.digest}`);
       expect(r.status).toBe(200);
       expect(sha(r.body)).toBe(layer.digest);
-      for (let i = 0; i < 100 && !(await store.stat(parseDigest(layer.digest))); i++) await new Promise((res) => setTimeout(res, 100));
+      await waitFor(async () => (await store.stat(parseDigest(layer.digest))) !== undefined, 10_000, 'the blob in the bucket');
       expect(await store.stat(parseDigest(layer.digest))).toMatchObject({ size: layer.size });
     } finally {
+      crashOutput = doomed.output();
       await doomed.kill('SIGKILL');
       await slow.stop();
     }
+  });
+
+  it('never logs the S3 secret key or a bearer token of the upstream', () => {
+    const secrets: [string, string][] = [
+      ['S3 secret key', rgw.secretAccessKey],
+      ...upstream.token.issued.map((t, i): [string, string] => [`bearer token ${i}`, t.token]),
+    ];
+    expect(mirrors.length).toBeGreaterThan(0);
+    const text = [...mirrors.flatMap((m) => m.logs.map((l) => JSON.stringify(l))), crashOutput].join('\n');
+    for (const [what, value] of secrets) expect([what, text.includes(value)]).toEqual([what, false]);
   });
 });
