@@ -18,6 +18,7 @@ import { CacheIndex } from './cache/index.js';
 import { ManifestCache } from './cache/manifest-cache.js';
 import { openStorage } from './cache/open-store.js';
 import type { ScratchSpace } from './cache/scratch.js';
+import { sharedBucketEviction, type SharedBucketEviction } from './cache/shared-eviction.js';
 import { TagCache } from './cache/tag-cache.js';
 import { systemClock, type Clock } from './clock.js';
 import { Peers } from './cluster/peer-source.js';
@@ -41,6 +42,8 @@ export interface MirrorOptions {
   logger: Logger;
   clock?: Clock;
   metrics?: MirrorMetrics;
+  /** A one-shot command (prewarm, export, import), not a server: on a shared bucket it leaves eviction to the replicas. */
+  oneShot?: boolean;
 }
 
 /** Access times are batched in memory and written this often. */
@@ -64,6 +67,7 @@ interface MirrorParts {
   tagLists: TagListService;
   catalog: CatalogService;
   peers: Peers | undefined;
+  shared: SharedBucketEviction | undefined;
 }
 
 /** The mirror as the server and the CLI see it: its parts, and the calls a pull makes. */
@@ -150,7 +154,7 @@ export class Mirror {
     this.flushIndex();
     this.downloads.abortAll('mirror shutting down');
     await this.downloads.settled();
-    await Promise.all([this.upstreams.close(), this.parts.peers?.close()]);
+    await Promise.all([this.upstreams.close(), this.parts.peers?.close(), this.parts.shared?.close()]);
     this.index.close();
   }
 }
@@ -169,11 +173,18 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   const selector = new UpstreamSelector(registries, fallback);
   const upstreams = new Upstreams(registries, config, { clock, logger, metrics });
   const index = new CacheIndex(join(config.storage.path, 'index.db'));
-  const recordAccess = (digest: string) => index.recordAccess(digest, clock.now());
+  // On a bucket shared by replicas, eviction is coordinated through the bucket (cache/shared-eviction.ts).
+  let blobs: BlobService | undefined;
+  const shared = sharedBucketEviction(options.oneShot ? 'one-shot' : 'replica', config, {
+    store, index, logger, metrics, now: () => clock.now(), inUse: () => blobs?.inUse() ?? [],
+  });
+  const recordAccess = (digest: string) => {
+    index.recordAccess(digest, clock.now());
+    shared?.noteUse(digest);
+  };
 
   // Eviction needs to know what is busy and to drop in-memory copies: it is told through
   // callbacks, since those parts are built after it.
-  let blobs: BlobService | undefined;
   const tags = new TagCache(index, logger);
   let manifestCache: ManifestCache | undefined;
   const evictor = new Evictor(
@@ -185,6 +196,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
       metrics.evictions.inc();
       metrics.evictedBytes.inc(size);
     },
+    shared,
   );
   manifestCache = new ManifestCache(store, index, { clock, logger, onAdded: (bytes) => evictor.added(bytes) });
   const downloads = new Downloads({ store, scratch }, {
@@ -194,6 +206,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     logger,
     onCommitted: (digest, size) => {
       index.putBlob(digest.value, size, clock.now());
+      shared?.noteUse(digest.value);
       evictor.added(size);
     },
   });
@@ -215,7 +228,8 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     },
     breakers: () => upstreams.all().map((c) => ({ upstream: c.registry.name, state: c.breaker.state })),
   });
+  shared?.start(() => evictor.check());
   return new Mirror({
-    config, logger, clock, metrics, selector, upstreams, store, scratch, index, downloads, evictor, manifests, blobs, tagLists, catalog, peers,
+    config, logger, clock, metrics, selector, upstreams, store, scratch, index, downloads, evictor, manifests, blobs, tagLists, catalog, peers, shared,
   });
 }
