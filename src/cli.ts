@@ -212,7 +212,7 @@ function report<T>(json: boolean | undefined, result: T, inWords: (result: T) =>
 async function coreFor(options: CommonOptions & ConfigOverrides) {
   const config = configFrom(options);
   const logger = pino({ level: config.log.level === 'info' ? 'warn' : config.log.level }, pino.destination(2));
-  return createMirror({ config, logger });
+  return createMirror({ config, logger, oneShot: true });
 }
 
 withReferrersOptions(withConfigOptions(program.command('prewarm').description('fill the cache with images, through the same core as a client pull')), 'fetch')

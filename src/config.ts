@@ -156,6 +156,14 @@ const configSchema = z.strictObject({
           forcePathStyle: z.boolean().prefault(true),
           /** Answer blob GETs with a 307 to a presigned URL valid this long (0 = stream through the replica). */
           redirect: duration.prefault(0),
+          /** This replica's name in the bucket's _mirror/ objects (default: made once, kept in <storage.path>/replica-id). */
+          replicaId: z.string().regex(/^[A-Za-z0-9._-]{1,100}$/, 'letters, digits, ".", "_" and "-" (at most 100)').optional(),
+          /** How often each replica publishes what it needs kept and the eviction lease is renewed (it lasts 3 heartbeats). */
+          heartbeat: duration.prefault('1m'),
+          /** Content any replica used this recently is never evicted from the bucket. */
+          recentUse: duration.prefault('10m'),
+          /** A replica silent this long is forgotten: its pins are no longer kept. */
+          replicaExpiry: duration.prefault('7d'),
         })
         .optional(),
       /** 0 = unbounded. */
@@ -321,6 +329,14 @@ export interface S3StoreOptions {
   redirectTtlMs: number;
 }
 
+/** Eviction of a bucket shared by replicas (cache/shared-eviction.ts). */
+export interface SharedBucketOptions {
+  replicaId: string | undefined;
+  heartbeatMs: number;
+  recentUseMs: number;
+  replicaExpiryMs: number;
+}
+
 export interface Config {
   listen: { host: string; port: number };
   tls: { cert: string; key: string } | undefined;
@@ -330,6 +346,8 @@ export interface Config {
     path: string;
     driver: 'filesystem' | 's3';
     s3: S3StoreOptions | undefined;
+    /** With the s3 driver. */
+    shared: SharedBucketOptions | undefined;
     maxSize: number;
     /** Bytes downloads leave free on the disk; undefined = 1% of it, at most 64 MiB. */
     minFree: number | undefined;
@@ -519,6 +537,12 @@ export function buildConfig(
     if (why.length > 0) more.push(`cluster.secret: required when ${why.join(' and ')}: replicas sign their requests to each other with it (at least ${MIN_CLUSTER_SECRET_LENGTH} characters, the same on every replica)`);
   }
   if (parsed.storage.driver === 's3' && !parsed.storage.s3) more.push('storage.s3: required when storage.driver is s3 (bucket, endpoint, credentials)');
+  const s3 = parsed.storage.s3;
+  if (s3 && s3.heartbeat <= 0) more.push('storage.s3.heartbeat: must be above 0');
+  if (s3 && s3.recentUse < 2 * s3.heartbeat) {
+    more.push('storage.s3.recentUse: must be at least two heartbeats (a replica\'s uses reach the evicting replica up to a heartbeat late)');
+  }
+  if (s3 && s3.replicaExpiry < 3 * s3.heartbeat) more.push('storage.s3.replicaExpiry: must be at least three heartbeats');
   if (parsed.storage.lowWatermark >= parsed.storage.highWatermark) {
     more.push('storage.lowWatermark: must be below storage.highWatermark');
   }
@@ -541,6 +565,12 @@ export function buildConfig(
         secretAccessKey: parsed.storage.s3.secretAccessKey,
         forcePathStyle: parsed.storage.s3.forcePathStyle,
         redirectTtlMs: parsed.storage.s3.redirect,
+      },
+      shared: parsed.storage.s3 && {
+        replicaId: parsed.storage.s3.replicaId,
+        heartbeatMs: parsed.storage.s3.heartbeat,
+        recentUseMs: parsed.storage.s3.recentUse,
+        replicaExpiryMs: parsed.storage.s3.replicaExpiry,
       },
       maxSize: parsed.storage.maxSize,
       minFree: parsed.storage.minFree,

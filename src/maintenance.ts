@@ -8,6 +8,7 @@ import { openStorage } from './cache/open-store.js';
 import { Evictor } from './cache/eviction.js';
 import { CacheIndex } from './cache/index.js';
 import { adoptStored } from './cache/index-recovery.js';
+import { sharedBucketEviction } from './cache/shared-eviction.js';
 import type { Config } from './config.js';
 import { DigestVerifier } from './oci/digest.js';
 import { parseDigest } from './oci/reference.js';
@@ -83,7 +84,9 @@ export async function gcCache(cache: Cache, config: Config, targetBytes?: number
       missing++;
     }
   }
-  const evictor = new Evictor(cache.store, cache.index, config.storage, logger, () => Date.now());
+  // On a shared bucket: the whole bucket, keeping what every replica published it needs.
+  const shared = sharedBucketEviction('gc', config, { store: cache.store, index: cache.index, logger, now: () => Date.now(), inUse: () => [] });
+  const evictor = new Evictor(cache.store, cache.index, config.storage, logger, () => Date.now(), undefined, undefined, shared);
   const result = await evictor.evict(targetBytes);
   return { ...result, missingRemoved: missing };
 }

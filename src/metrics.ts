@@ -56,6 +56,8 @@ export class MirrorMetrics {
   readonly digestMismatches = this.counter('mirror_digest_mismatches_total', 'Upstream content refused because it did not match its digest', ['upstream']);
   readonly evictions = this.counter('mirror_evictions_total', 'Objects evicted from the cache (least recently used first)');
   readonly evictedBytes = this.counter('mirror_evicted_bytes_total', 'Bytes evicted from the cache');
+  readonly evictionLeaseHeld = this.gauge('mirror_eviction_lease_held', 'Shared bucket: 1 while this replica holds the eviction lease (it evicts for all replicas)');
+  readonly evictionSkipped = this.counter('mirror_eviction_skipped_total', 'Shared bucket: eviction checks left to the replica holding the eviction lease');
   readonly rateLimitRemaining = this.gauge('mirror_upstream_ratelimit_remaining', 'The last ratelimit-remaining an upstream reported', ['upstream']);
 
   private counter<L extends string = never>(name: string, help: string, labelNames: readonly L[] = []): Counter<L> {

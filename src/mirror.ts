@@ -21,6 +21,7 @@ import { ManifestCache } from './cache/manifest-cache.js';
 import { openStorage } from './cache/open-store.js';
 import { DiskSpace } from './cache/space-reservation.js';
 import type { ScratchSpace } from './cache/scratch.js';
+import { sharedBucketEviction, type SharedBucketEviction } from './cache/shared-eviction.js';
 import { TagCache } from './cache/tag-cache.js';
 import { systemClock, type Clock } from './clock.js';
 import { Peers } from './cluster/peer-source.js';
@@ -45,6 +46,8 @@ export interface MirrorOptions {
   logger: Logger;
   clock?: Clock;
   metrics?: MirrorMetrics;
+  /** A one-shot command (prewarm, export, import), not a server: on a shared bucket it leaves eviction to the replicas. */
+  oneShot?: boolean;
 }
 
 /** Access times are batched in memory and written this often. */
@@ -73,6 +76,7 @@ interface MirrorParts {
   catalog: CatalogService;
   referrers: ReferrersService;
   peers: Peers | undefined;
+  shared: SharedBucketEviction | undefined;
 }
 
 /** The mirror as the server and the CLI see it: its parts, and the calls a pull makes. */
@@ -189,7 +193,7 @@ export class Mirror {
     this.downloads.abortAll('mirror shutting down');
     await Promise.all([this.downloads.settled(), this.parts.rebuild?.done]);
     await this.settleJournal();
-    await Promise.all([this.upstreams.close(), this.parts.peers?.close()]);
+    await Promise.all([this.upstreams.close(), this.parts.peers?.close(), this.parts.shared?.close()]);
     try {
       this.index.close();
     } catch (err) {
@@ -217,11 +221,18 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   if (!fallback) throw new Error('no upstream configured');
   const selector = new UpstreamSelector(registries, fallback);
   const upstreams = new Upstreams(registries, config, { clock, logger, metrics });
-  const recordAccess = (digest: string) => index.recordAccess(digest, clock.now());
+  // On a bucket shared by replicas, eviction is coordinated through the bucket (cache/shared-eviction.ts).
+  let blobs: BlobService | undefined;
+  const shared = sharedBucketEviction(options.oneShot ? 'one-shot' : 'replica', config, {
+    store: storage.store, index, logger, metrics, now: () => clock.now(), inUse: () => blobs?.inUse() ?? [],
+  });
+  const recordAccess = (digest: string) => {
+    index.recordAccess(digest, clock.now());
+    shared?.noteUse(digest);
+  };
 
   // Eviction needs to know what is busy and to drop in-memory copies: it is told through
   // callbacks, since those parts are built after it.
-  let blobs: BlobService | undefined;
   const tags = new TagCache(index, logger);
   let manifestCache: ManifestCache | undefined;
   const evictor = new Evictor(
@@ -233,6 +244,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
       metrics.evictions.inc();
       metrics.evictedBytes.inc(size);
     },
+    shared,
   );
   const rebuild = needsRebuild
     ? startIndexRebuild(config.storage.path, store, index, { logger, now: () => clock.now(), onAdopted: (bytes) => evictor.added(bytes) })
@@ -245,6 +257,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     logger,
     onCommitted: (digest, size) => {
       index.putBlob(digest.value, size, clock.now());
+      shared?.noteUse(digest.value);
       evictor.added(size);
     },
   });
@@ -283,7 +296,8 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     },
     breakers: () => upstreams.all().map((c) => ({ upstream: c.registry.name, state: c.breaker.state })),
   });
+  shared?.start(() => evictor.check());
   return new Mirror({
-    config, logger, clock, metrics, selector, upstreams, store, scratch, index, journal, rebuild, downloads, evictor, manifests, blobs, tagLists, catalog, referrers, peers,
+    config, logger, clock, metrics, selector, upstreams, store, scratch, index, journal, rebuild, downloads, evictor, manifests, blobs, tagLists, catalog, referrers, peers, shared,
   });
 }

@@ -432,6 +432,11 @@ export class Downloads {
     return this.inFlight.size;
   }
 
+  /** The digests being downloaded now. */
+  digests(): IterableIterator<string> {
+    return this.inFlight.keys();
+  }
+
   /** Start a download for `digest`; the caller has checked there is none. */
   start(digest: Digest, source: DownloadSource): BlobDownload {
     const download = new BlobDownload(digest, this.storage, source, this.options);

@@ -432,6 +432,19 @@ export class CacheIndex {
     return new Set(rows.map((r) => r.digest));
   }
 
+  /** Pinned images: their tags' manifests and everything those reference. */
+  pinnedDigests(): string[] {
+    const rows = this.db
+      .prepare(
+        `WITH RECURSIVE keep(digest) AS (
+           SELECT t.digest FROM tags t JOIN pins p ON p.upstream = t.upstream AND p.repo = t.repo AND p.tag = t.tag
+           UNION SELECT r.child FROM refs r JOIN keep k ON r.parent = k.digest
+         ) SELECT digest FROM keep`,
+      )
+      .all() as { digest: string }[];
+    return rows.map((r) => r.digest);
+  }
+
   /** Forget an object (evicted or corrupt): its rows and the tags that point at it. */
   forget(digest: string): void {
     this.db.transaction(() => {

@@ -63,6 +63,11 @@ export class BlobService {
     return (this.serving.get(digest.value) ?? 0) > 0 || this.deps.downloads.get(digest) !== undefined;
   }
 
+  /** Every digest being read from the store or downloaded right now. */
+  inUse(): string[] {
+    return [...this.serving.keys(), ...this.deps.downloads.digests()];
+  }
+
   /** `client`: the address whose budget of upstream misses a miss spends (none: not counted). */
   async get(route: Route, digest: Digest, options: { fromPeer?: boolean; client?: string } = {}): Promise<BlobResult> {
     const { store, access, downloads, offline, budget } = this.deps;

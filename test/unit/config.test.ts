@@ -60,6 +60,19 @@ describe('configuration', () => {
     expect(c.upstreams.map((u) => u.ttlMs)).toEqual([0, 0]);
   });
 
+  it('shared bucket eviction: defaults, and a recent-use window shorter than two heartbeats is refused', () => {
+    const s3 = { bucket: 'b' };
+    expect(buildConfig({ storage: { driver: 's3', s3 } }, {}).storage.shared).toEqual({ replicaId: undefined, heartbeatMs: 60_000, recentUseMs: 600_000, replicaExpiryMs: 7 * 86_400_000 });
+    expect(buildConfig({ storage: { driver: 's3', s3: { ...s3, replicaId: 'mirror-1', heartbeat: '5s', recentUse: '10s' } } }, {}).storage.shared).toMatchObject({ replicaId: 'mirror-1', heartbeatMs: 5000, recentUseMs: 10_000 });
+    expect(problems({ storage: { driver: 's3', s3: { ...s3, heartbeat: '1m', recentUse: '90s', replicaExpiry: '2m', replicaId: 'a/b' } } })).toEqual([
+      expect.stringMatching(/^storage\.s3\.replicaId: letters, digits/),
+    ]);
+    expect(problems({ storage: { driver: 's3', s3: { ...s3, heartbeat: '1m', recentUse: '90s', replicaExpiry: '2m' } } })).toEqual([
+      expect.stringMatching(/^storage\.s3\.recentUse: must be at least two heartbeats/),
+      expect.stringMatching(/^storage\.s3\.replicaExpiry: must be at least three heartbeats/),
+    ]);
+  });
+
   it('refuses a default upstream that is not configured', () => {
     expect(problems({ defaultUpstream: 'quay.io' })).toEqual([expect.stringMatching(/^defaultUpstream: /)]);
   });
