@@ -1,4 +1,5 @@
-// HTTP to one upstream registry on undici: challenge-driven auth, redirects (Docker Hub
+// HTTP to one upstream registry on undici: challenge-driven auth (the challenge learned
+// once, tokens renewed off the request path), redirects (Docker Hub
 // sends blobs to a CDN: followed, and the upstream's Authorization never goes to
 // another origin), bounded retries with back-off and jitter honouring Retry-After,
 // connect/header/body-idle time-outs, and the upstream's rate-limit headers.
@@ -12,7 +13,9 @@ import { headerValue } from '../http/headers.js';
 import { RegistryError } from '../oci/errors.js';
 import { basicAuthorization, parseTokenResponse, parseWwwAuthenticate, TokenCache, type Challenge } from './auth.js';
 import { CircuitBreaker } from './breaker.js';
+import { ChallengeGate } from './challenge-gate.js';
 import type { UpstreamRegistry } from './registry.js';
+import type { TokenStore } from './token-store.js';
 
 export interface UpstreamRequest {
   method: 'GET' | 'HEAD';
@@ -37,7 +40,7 @@ export interface RateLimit {
 
 export interface UpstreamClientOptions {
   dispatcher: Dispatcher;
-  tokens: TokenCache;
+  tokens: TokenStore;
   clock: Clock;
   logger: Logger;
   retries: { attempts: number; baseDelayMs: number; maxDelayMs: number };
@@ -96,10 +99,16 @@ export function describeNetworkError(err: unknown): string {
   return String(err);
 }
 
+/** What a request sent as Authorization: the header, and the bearer token in it. */
+interface SentAuthorization {
+  header: string;
+  token: string | undefined;
+}
+
 export class UpstreamClient {
   rateLimit: RateLimit | undefined;
   readonly breaker: CircuitBreaker;
-  private challenge: Challenge | undefined;
+  private readonly challenges = new ChallengeGate();
   private readonly origin: string;
 
   constructor(
@@ -187,29 +196,37 @@ export class UpstreamClient {
     });
   }
 
-  /** One attempt: authorise, send, answer one 401 by re-negotiating, follow redirects. */
+  /** One attempt: authorise (after the first request's challenge), send, answer one 401 by re-negotiating, follow redirects. */
   private async send(req: UpstreamRequest): Promise<UpstreamResponse> {
     const scope = req.repository ? `repository:${req.repository}:pull` : undefined;
     const url = new URL(this.registry.url + req.path);
     // An upper-tier mirror routes by ns, like a containerd mirror request.
     if (this.registry.sendNamespace && req.path.startsWith('/v2/') && req.path !== '/v2/') url.searchParams.set('ns', this.registry.name);
     const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...req.headers };
-    let authorization = await this.authorization(scope, false);
-    let response = await this.dispatch(url, req.method, headers, authorization);
-    if (response.status === 401) {
-      const challenges = parseWwwAuthenticate(headerValue(response.headers, 'www-authenticate'));
-      await response.body.dump().catch(() => undefined);
-      const usable = challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic');
-      if (usable) this.challenge = usable;
-      // The token may have expired mid-pull, or the challenge is new: negotiate once more.
-      authorization = await this.authorization(scope ?? usable?.params.scope, true);
-      if (authorization) response = await this.dispatch(url, req.method, headers, authorization);
-      else {
-        // Re-send to hand the caller a fresh 401 with a readable body.
-        response = await this.dispatch(url, req.method, headers, undefined);
-      }
+    const turn = await this.challenges.turn();
+    let sent: SentAuthorization | undefined;
+    let response: UpstreamResponse;
+    try {
+      sent = turn.challenge && (await this.authorization(turn.challenge, scope, undefined));
+      response = await this.dispatch(url, req.method, headers, sent?.header);
+      if (response.status === 401) {
+        const challenges = parseWwwAuthenticate(headerValue(response.headers, 'www-authenticate'));
+        this.challenges.learn(challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic'));
+      } else if (!sent) this.challenges.learn(undefined);
+    } finally {
+      // The requests waiting for the first challenge go now, while this one gets its token.
+      if (turn.probe) this.challenges.release();
     }
-    return this.followRedirects(url, req.method, headers, authorization, response);
+    if (response.status === 401) {
+      await response.body.dump().catch(() => undefined);
+      // The token may have expired mid-pull, or the challenge is new: negotiate once more.
+      const challenge = this.challenges.current;
+      const retry = challenge && (await this.authorization(challenge, scope ?? challenge.params.scope, sent?.token));
+      if (retry) sent = retry;
+      // Without one, re-send to hand the caller a fresh 401 with a readable body.
+      response = await this.dispatch(url, req.method, headers, retry?.header);
+    }
+    return this.followRedirects(url, req.method, headers, sent?.header, response);
   }
 
   private async followRedirects(
@@ -246,21 +263,20 @@ export class UpstreamClient {
     this.rateLimit = { limit: parseRateLimitNumber(headerValue(headers, 'ratelimit-limit')), remaining, updatedAt: this.options.clock.now() };
   }
 
-  /** The Authorization header for a scope, from what the challenge asked for. */
-  private async authorization(scope: string | undefined, renew: boolean): Promise<string | undefined> {
-    const challenge = this.challenge;
-    if (!challenge) return undefined;
+  /**
+   * The Authorization for a scope, from what the challenge asked for; a bearer token the
+   * upstream just refused (`rejected`) is replaced.
+   */
+  private async authorization(challenge: Challenge, scope: string | undefined, rejected: string | undefined): Promise<SentAuthorization | undefined> {
     const creds = this.registry.credentials;
-    if (challenge.scheme === 'basic') {
-      return creds ? basicAuthorization(creds) : undefined;
-    }
+    if (challenge.scheme === 'basic') return creds ? { header: basicAuthorization(creds), token: undefined } : undefined;
     if (challenge.scheme !== 'bearer' || !challenge.params.realm) return undefined;
     const realm = challenge.params.realm;
     const service = challenge.params.service ?? '';
     const key = TokenCache.key(this.registry.name, service, scope ?? '');
-    if (renew) this.options.tokens.invalidate(key);
-    const token = await this.options.tokens.getOrFetch(key, () => this.fetchToken(realm, service, scope));
-    return `Bearer ${token}`;
+    const fetch = () => this.fetchToken(realm, service, scope);
+    const token = rejected ? await this.options.tokens.replace(key, rejected, fetch) : await this.options.tokens.token(key, fetch);
+    return { header: `Bearer ${token}`, token };
   }
 
   private async fetchToken(realm: string, service: string, scope: string | undefined) {

@@ -8,11 +8,12 @@ import type { Clock } from '../clock.js';
 import type { Config } from '../config.js';
 import type { MirrorMetrics } from '../metrics.js';
 import { TokenCache } from './auth.js';
-import { createUpstreamAgent, UpstreamClient, type UpstreamRequest, type UpstreamResponse } from './client.js';
+import { createUpstreamAgent, describeNetworkError, UpstreamClient, type UpstreamRequest, type UpstreamResponse } from './client.js';
 import { ByteRateLimiter } from './rate-limiter.js';
 import type { UpstreamRegistry } from './registry.js';
 import type { Route } from './selector.js';
 import type { UpstreamCallKind } from './status-errors.js';
+import { TokenStore } from './token-store.js';
 
 export class Upstreams {
   private readonly clients = new Map<string, UpstreamClient>();
@@ -25,7 +26,10 @@ export class Upstreams {
     config: Pick<Config, 'timeouts' | 'retries' | 'breaker'>,
     private readonly deps: { clock: Clock; logger: Logger; metrics: MirrorMetrics },
   ) {
-    const tokens = new TokenCache(deps.clock);
+    const tokens = new TokenStore(new TokenCache(deps.clock), deps.clock, (key, err) => {
+      // The key names upstream, credential, service and scope; never a secret.
+      deps.logger.warn({ token: key.split('\u0000').join(' '), err: describeNetworkError(err) }, 'background token renewal failed; the next request fetches one');
+    });
     for (const u of registries) {
       const dispatcher = createUpstreamAgent(config.timeouts, { proxy: u.proxy, maxConnections: u.maxConnections });
       this.agents.push(dispatcher);
