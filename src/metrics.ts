@@ -56,7 +56,11 @@ export class MirrorMetrics {
   readonly digestMismatches = this.counter('mirror_digest_mismatches_total', 'Upstream content refused because it did not match its digest', ['upstream']);
   readonly evictions = this.counter('mirror_evictions_total', 'Objects evicted from the cache (least recently used first)');
   readonly evictedBytes = this.counter('mirror_evicted_bytes_total', 'Bytes evicted from the cache');
-  readonly rateLimitRemaining = this.gauge('mirror_upstream_ratelimit_remaining', 'The last ratelimit-remaining an upstream reported', ['upstream']);
+  readonly rateLimitRemaining = this.gauge(
+    'mirror_upstream_ratelimit_remaining',
+    'The last ratelimit-remaining an upstream reported, per credential (its name, or anonymous), while its window lasts',
+    ['upstream', 'credential'],
+  );
 
   private counter<L extends string = never>(name: string, help: string, labelNames: readonly L[] = []): Counter<L> {
     return new Counter<L>({ name, help, labelNames, registers: [this.registry] });

@@ -1,7 +1,8 @@
 // One upstream registry as the mirror sees it: where it lives, how long its tags are
-// trusted, which repositories may be pulled through it, and its naming rules.
+// trusted, which repositories may be pulled through it, with which credentials, and its
+// naming rules.
 
-import type { UpstreamConfig } from '../config.js';
+import type { UpstreamConfig, UpstreamCredential } from '../config.js';
 
 function globToRegExp(glob: string): RegExp {
   let out = '';
@@ -24,7 +25,8 @@ export class UpstreamRegistry {
   readonly ttlMs: number;
   readonly alias: string | undefined;
   readonly allowSchema1: boolean;
-  readonly credentials: { username: string; password: string } | undefined;
+  /** In order of preference when their pulls left are equal; empty = anonymous only. */
+  readonly credentials: readonly UpstreamCredential[];
   readonly segments: number;
   readonly sendNamespace: boolean;
   readonly proxy: string | undefined;
@@ -40,7 +42,7 @@ export class UpstreamRegistry {
     this.alias = config.alias;
     this.allowSchema1 = config.allowSchema1;
     this.libraryPrefix = config.libraryPrefix;
-    this.credentials = config.username && config.password ? { username: config.username, password: config.password } : undefined;
+    this.credentials = config.credentials;
     this.allowed = config.repositories.map(globToRegExp);
     this.segments = config.segments;
     this.sendNamespace = config.sendNamespace;

@@ -1,6 +1,6 @@
 // The configured upstream registries as the core uses them: one HTTP client (connection
 // pool, token cache, circuit breaker) per upstream, its bandwidth cap, and every request
-// metered (count by status, latency, the last ratelimit-remaining).
+// metered (count by status, latency, the last ratelimit-remaining per credential).
 
 import type { Dispatcher } from 'undici';
 import type { Logger } from 'pino';
@@ -66,7 +66,10 @@ export class Upstreams {
       const response = await client.request({ ...req, repository: route.repository });
       metrics.upstreamRequests.inc({ upstream: name, kind, status: String(response.status) });
       metrics.upstreamLatency.observe({ upstream: name, kind }, (performance.now() - started) / 1000);
-      if (client.rateLimit?.remaining !== undefined) metrics.rateLimitRemaining.set({ upstream: name }, client.rateLimit.remaining);
+      for (const q of client.rateLimits()) {
+        if (q.remaining !== undefined) metrics.rateLimitRemaining.set({ upstream: name, credential: q.credential }, q.remaining);
+        else metrics.rateLimitRemaining.remove({ upstream: name, credential: q.credential });
+      }
       return response;
     } catch (err) {
       metrics.upstreamRequests.inc({ upstream: name, kind, status: 'error' });

@@ -2,10 +2,11 @@
 // spread over several credentials (issue 15, items 3 and 4), against the real upstream:
 // CNCF distribution behind a counting front, its Bearer tokens from the fixture's token
 // service, which reports each credential's pulls left the way Docker Hub does.
+import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { get } from '../fixtures/http-client.js';
-import { startMirror } from '../fixtures/mirror.js';
+import { startMirror, type TestMirror } from '../fixtures/mirror.js';
 import { buildImage, smallLayer, type Image } from '../fixtures/oci-images.js';
 import { startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
 import { waitFor } from '../fixtures/wait.js';
@@ -107,6 +108,105 @@ describe('no wasted round trips', () => {
       expect(upstream.count({ status: 401 })).toBe(1);
     } finally {
       await mirror.stop();
+    }
+  });
+});
+
+describe('Docker Hub quota economy: several credentials', () => {
+  let upstream: RealUpstream;
+  let mirror: TestMirror;
+  const secrets = { alice: 'alice-hub-token-5f2c', bob: 'bob-hub-token-91ad' };
+  const repo = 'team/quota';
+
+  beforeAll(async () => {
+    upstream = await startRealUpstream({ users: { ...secrets, carol: 'carol-secret' }, pullLimits: { alice: 2, bob: 4, carol: 5, anonymous: 100 } });
+    const img = image(repo);
+    for (let i = 1; i <= 7; i++) await upstream.push(repo, `t${i}`, img);
+    mirror = await startMirror({
+      upstreamUrl: upstream.url,
+      document: {
+        upstreams: {
+          'docker.io': {
+            url: upstream.url,
+            credentials: [
+              { username: 'alice', password: secrets.alice },
+              { username: 'bob', password: secrets.bob },
+            ],
+          },
+        },
+      },
+    });
+  });
+  afterAll(async () => {
+    await mirror?.stop();
+    await upstream?.stop();
+  });
+
+  it('pulls with the credential that has most left, then the other, then anonymously; tokens are per credential', async () => {
+    upstream.resetCounts();
+    for (let i = 1; i <= 7; i++) {
+      expect((await get(`${mirror.url}/v2/${repo}/manifests/t${i}`, { headers: { accept: ACCEPT } })).status).toBe(200);
+    }
+    const pulls = upstream.requests.filter((r) => r.kind === 'manifest' && r.method === 'GET' && r.status === 200).map((r) => r.subject);
+    // Unknown counts as full: alice first (first listed), then bob (unknown); bob has more
+    // left until they are level; alice's last pull, bob's last pull, then anonymous.
+    expect(pulls).toEqual(['alice', 'bob', 'bob', 'bob', 'alice', 'bob', 'anonymous']);
+    expect(upstream.count({ status: 429 })).toBe(0);
+    const tokenUsers = upstream.token.issued.filter((t) => t.scopes.includes(`repository:${repo}:pull`)).map((t) => t.user ?? 'anonymous');
+    expect(tokenUsers.sort()).toEqual(['alice', 'anonymous', 'bob']);
+  });
+
+  it('exports each credential’s pulls left by user name, never the secret', async () => {
+    const metrics = (await get(`${mirror.url}/metrics`)).body.toString();
+    expect(metrics).toContain('mirror_upstream_ratelimit_remaining{upstream="docker.io",credential="alice"} 0');
+    expect(metrics).toContain('mirror_upstream_ratelimit_remaining{upstream="docker.io",credential="bob"} 0');
+    expect(metrics).toContain('mirror_upstream_ratelimit_remaining{upstream="docker.io",credential="anonymous"} 99');
+    const status = JSON.parse((await get(`${mirror.url}/status.json`)).body.toString()) as {
+      upstreams: { name: string; rateLimitRemaining: number | null; credentials: { name: string; remaining: number | null }[] }[];
+    };
+    const hub = status.upstreams.find((u) => u.name === 'docker.io')!;
+    expect(hub.credentials).toEqual([
+      { name: 'alice', remaining: 0, limit: 2 },
+      { name: 'bob', remaining: 0, limit: 4 },
+      { name: 'anonymous', remaining: 99, limit: 100 },
+    ]);
+    expect(hub.rateLimitRemaining).toBe(99);
+    const page = (await get(`${mirror.url}/`)).body.toString();
+    expect(page).toContain('alice: 0 · bob: 0 · anonymous: 99');
+    const everything = [metrics, page, JSON.stringify(status), ...mirror.logs.map((l) => JSON.stringify(l))].join('\n');
+    for (const secret of Object.values(secrets)) expect(everything).not.toContain(secret);
+    expect(everything).not.toMatch(/Basic [A-Za-z0-9+/=]{8,}/);
+  });
+
+  it('a pull refused because its credential was spent elsewhere goes again with the next (here anonymously)', async () => {
+    const other = await startMirror({
+      upstreamUrl: upstream.url,
+      document: {
+        upstreams: { 'docker.io': { url: upstream.url, credentials: [{ username: 'carol', password: 'carol-secret' }] } },
+        // No retries: the switch to the next credential is no back-off-and-retry (Docker Hub's
+        // pull-limit 429 may say to come back in hours).
+        retries: { attempts: 0 },
+      },
+    });
+    try {
+      upstream.resetCounts();
+      expect((await get(`${other.url}/v2/${repo}/manifests/t1`, { headers: { accept: ACCEPT } })).status).toBe(200);
+      // Someone else spends carol's other four pulls; the mirror still believes she has four.
+      const tokenUrl = `${upstream.token.realm}?service=${upstream.token.service}&scope=repository:${repo}:pull`;
+      const tokenResponse = await request(tokenUrl, { headers: { authorization: `Basic ${Buffer.from('carol:carol-secret').toString('base64')}` } });
+      const { token } = (await tokenResponse.body.json()) as { token: string };
+      for (let i = 0; i < 4; i++) {
+        const r = await request(`${upstream.url}/v2/${repo}/manifests/t1`, { headers: { authorization: `Bearer ${token}`, accept: ACCEPT } });
+        await r.body.dump();
+        expect(r.statusCode).toBe(200);
+      }
+      upstream.resetCounts();
+      const r = await get(`${other.url}/v2/${repo}/manifests/t2`, { headers: { accept: ACCEPT } });
+      expect(r.status).toBe(200);
+      const pulls = upstream.requests.filter((q) => q.kind === 'manifest' && q.method === 'GET').map((q) => `${q.subject} ${q.status}`);
+      expect(pulls).toEqual(['carol 429', 'anonymous 200']);
+    } finally {
+      await other.stop();
     }
   });
 });

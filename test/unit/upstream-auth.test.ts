@@ -1,9 +1,10 @@
 // The pure parts of talking to an upstream economically: the challenge learned once, tokens
-// renewed off the request path.
+// renewed off the request path, and credentials chosen by the pulls they have left.
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { TokenCache, type TokenResponse } from '../../src/upstream/auth.js';
 import { ChallengeGate } from '../../src/upstream/challenge-gate.js';
+import { CredentialPool, parseRateLimitHeader } from '../../src/upstream/credentials.js';
 import { TokenStore } from '../../src/upstream/token-store.js';
 
 const bearer = { scheme: 'bearer', params: { realm: 'https://auth/token' } };
@@ -132,5 +133,58 @@ describe('token store', () => {
     // A request refused with t1 after t2 arrived keeps t2.
     expect(await store.replace('k', old, fetch)).toBe('t2');
     expect(fetches()).toBe(2);
+  });
+});
+
+describe('credential pool', () => {
+  const alice = { name: 'alice', username: 'alice', password: 'a-secret' };
+  const bob = { name: 'bot', username: 'bob', password: 'b-secret' };
+  const said = (remaining: string, limit = '100;w=21600') => ({ 'ratelimit-remaining': remaining, 'ratelimit-limit': limit });
+
+  it('reads Docker Hub headers', () => {
+    expect(parseRateLimitHeader('76;w=21600')).toEqual({ value: 76, windowMs: 21_600_000 });
+    expect(parseRateLimitHeader('5')).toEqual({ value: 5, windowMs: undefined });
+    expect(parseRateLimitHeader('x')).toBeUndefined();
+    expect(parseRateLimitHeader(undefined)).toBeUndefined();
+  });
+
+  it('uses the credential with most left (unknown counts as full), then anonymous once all are spent', () => {
+    const clock = new ManualClock();
+    const pool = new CredentialPool([alice, bob], clock);
+    const pull = (remaining: number) => {
+      const c = pool.pick(true);
+      pool.record(c, said(`${remaining};w=21600`));
+      pool.settle(c);
+      return c?.name ?? 'anonymous';
+    };
+    expect(pull(1)).toBe('alice'); // both unknown: the first listed
+    expect(pull(3)).toBe('bot'); // bob unknown = full
+    expect(pull(2)).toBe('bot');
+    expect(pull(0)).toBe('bot'); // 2 > 1
+    expect(pull(0)).toBe('alice');
+    expect(pool.pick(false)).toBeUndefined();
+    expect(pool.quotas()).toEqual([
+      { credential: 'alice', limit: 100, remaining: 0 },
+      { credential: 'bot', limit: 100, remaining: 0 },
+      { credential: 'anonymous', limit: undefined, remaining: undefined },
+    ]);
+    pool.record(undefined, said('40;w=21600'));
+    expect(pool.current()).toEqual({ limit: 100, remaining: 40, updatedAt: clock.now() });
+    // The window passes: what was counted then is forgotten, the credentials are full again.
+    clock.advance(21_600_000);
+    expect(pool.pick(false)).toBe(alice);
+    expect(pool.quotas().map((q) => q.remaining)).toEqual([undefined, undefined, undefined]);
+  });
+
+  it('counts pulls in flight, so concurrent pulls do not all spend one credential’s last one', () => {
+    const pool = new CredentialPool([alice, bob], new ManualClock());
+    pool.record(alice, said('2;w=60'));
+    pool.record(bob, said('1;w=60'));
+    const picks = [pool.pick(true), pool.pick(true), pool.pick(true), pool.pick(true)];
+    expect(picks.map((c) => c?.name)).toEqual(['alice', 'alice', 'bot', undefined]);
+    // HEADs are free: they hold nothing.
+    expect(pool.pick(false)).toBeUndefined();
+    for (const c of picks) pool.settle(c);
+    expect(pool.pick(false)).toBe(alice);
   });
 });
