@@ -72,7 +72,7 @@ async function serve(options: CommonOptions & ConfigOverrides): Promise<void> {
       listen: `${config.listen.host}:${config.listen.port}`,
       storage: config.storage.path,
       offline: config.offline,
-      upstreams: config.upstreams.map((u) => ({ name: u.name, url: u.url, ttlMs: u.ttlMs, authenticated: !!u.username })),
+      upstreams: config.upstreams.map((u) => ({ name: u.name, url: u.url, ttlMs: u.ttlMs, credentials: u.credentials.map((c) => c.name) })),
       defaultUpstream: config.defaultUpstream,
     },
     'mirror listening',

@@ -86,6 +86,14 @@ const upstreamSchema = z.strictObject({
   /** Credentials for the upstream (raise Docker Hub's pull limit). Use ${ENV} references. */
   username: z.string().optional(),
   password: z.string().optional(),
+  /**
+   * Several credentials (instead of username/password): Docker Hub counts pulls per account,
+   * and the mirror pulls with the one that has most left. `name` labels it in metrics and on
+   * the status page (default: the username); the password never appears anywhere.
+   */
+  credentials: z
+    .array(z.strictObject({ name: z.string().min(1).max(64).optional(), username: z.string().min(1), password: z.string().min(1) }))
+    .optional(),
   /** How long a tag is trusted before it is revalidated with a HEAD. 0 = every request. */
   ttl: duration.optional(),
   /** Tag TTLs by repository and tag, first match wins; tried before the top-level ttlRules, then ttl applies. */
@@ -295,11 +303,21 @@ export interface TtlRuleConfig {
   ttlMs: number;
 }
 
+/** One account at an upstream; `name` (not secret) labels it in metrics and on the status page. */
+export interface UpstreamCredential {
+  name: string;
+  username: string;
+  password: string;
+}
+
+/** The label of requests sent without credentials. */
+export const ANONYMOUS_CREDENTIAL = 'anonymous';
+
 export interface UpstreamConfig {
   name: string;
   url: string;
-  username: string | undefined;
-  password: string | undefined;
+  /** In order of preference when their pulls left are equal; empty = anonymous. */
+  credentials: UpstreamCredential[];
   /** The tag TTL when no rule matches. */
   ttlMs: number;
   /** This upstream's rules, then the top-level ones: the first match wins. */
@@ -406,7 +424,8 @@ function substituteEnv(value: unknown, env: NodeJS.ProcessEnv, path: string, pro
       return '';
     });
   }
-  if (Array.isArray(value)) return value.map((v, i) => substituteEnv(v, env, `${path}[${i}]`, problems));
+  // Paths written as the schema's issues are (`credentials.1.password`), so that one key's problems read alike.
+  if (Array.isArray(value)) return value.map((v, i) => substituteEnv(v, env, `${path}.${i}`, problems));
   if (value && typeof value === 'object') {
     return Object.fromEntries(
       Object.entries(value).map(([k, v]) => [k, substituteEnv(v, env, path ? `${path}.${k}` : k, problems)]),
@@ -495,8 +514,11 @@ export function buildConfig(
 
   const result = configSchema.safeParse(doc);
   if (!result.success) {
+    // A key whose variable is missing is already reported: not also as empty.
+    const unset = new Set(problems.map((p) => p.slice(0, p.indexOf(': environment variable'))));
     for (const issue of result.error.issues) {
       const path = issue.path.map(String).join('.') || '(root)';
+      if (unset.has(path)) continue;
       const message =
         issue.code === 'unrecognized_keys' ? `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}` : issue.message;
       problems.push(`${path}: ${message}`);
@@ -508,8 +530,9 @@ export function buildConfig(
   const upstreams: UpstreamConfig[] = Object.entries(parsed.upstreams).map(([name, u]) => ({
     name,
     url: u.url,
-    username: u.username || undefined,
-    password: u.password || undefined,
+    credentials:
+      u.credentials?.map((c) => ({ name: c.name ?? c.username, username: c.username, password: c.password })) ??
+      (u.username && u.password ? [{ name: u.username, username: u.username, password: u.password }] : []),
     ttlMs: u.ttl ?? parsed.ttl,
     ttlRules: [...u.ttlRules, ...parsed.ttlRules].map(ttlRuleConfig),
     negativeTtlMs: u.negativeTtl ?? parsed.negativeTtl,
@@ -527,8 +550,16 @@ export function buildConfig(
   if (!upstreams.some((u) => u.name === parsed.defaultUpstream)) {
     more.push(`defaultUpstream: "${parsed.defaultUpstream}" is not one of upstreams (${upstreams.map((u) => u.name).join(', ') || 'none'})`);
   }
+  for (const [name, u] of Object.entries(parsed.upstreams)) {
+    if (u.username && !u.password) more.push(`upstreams.${name}.password: required when username is set`);
+    if ((u.username || u.password) && u.credentials) more.push(`upstreams.${name}: username/password and credentials are two forms of one setting: use one (credentials for several)`);
+  }
   for (const u of upstreams) {
-    if (u.username && !u.password) more.push(`upstreams.${u.name}.password: required when username is set`);
+    const seen = new Set<string>([ANONYMOUS_CREDENTIAL]);
+    u.credentials.forEach((c, i) => {
+      if (seen.has(c.name)) more.push(`upstreams.${u.name}.credentials.${i}.name: "${c.name}" ${c.name === ANONYMOUS_CREDENTIAL ? 'names requests without credentials' : 'is used twice'}: give each credential a name of its own`);
+      seen.add(c.name);
+    });
   }
   if (parsed.cluster && !parsed.cluster.peers.includes(parsed.cluster.self)) more.push('cluster.self: must be one of cluster.peers');
   if (parsed.cluster && parsed.cluster.secret === undefined) {

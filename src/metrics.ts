@@ -58,7 +58,11 @@ export class MirrorMetrics {
   readonly evictedBytes = this.counter('mirror_evicted_bytes_total', 'Bytes evicted from the cache');
   readonly evictionLeaseHeld = this.gauge('mirror_eviction_lease_held', 'Shared bucket: 1 while this replica holds the eviction lease (it evicts for all replicas)');
   readonly evictionSkipped = this.counter('mirror_eviction_skipped_total', 'Shared bucket: eviction checks left to the replica holding the eviction lease');
-  readonly rateLimitRemaining = this.gauge('mirror_upstream_ratelimit_remaining', 'The last ratelimit-remaining an upstream reported', ['upstream']);
+  readonly rateLimitRemaining = this.gauge(
+    'mirror_upstream_ratelimit_remaining',
+    'The last ratelimit-remaining an upstream reported, per credential (its name, or anonymous), while its window lasts',
+    ['upstream', 'credential'],
+  );
 
   private counter<L extends string = never>(name: string, help: string, labelNames: readonly L[] = []): Counter<L> {
     return new Counter<L>({ name, help, labelNames, registers: [this.registry] });

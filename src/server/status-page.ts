@@ -16,7 +16,16 @@ export interface RecentPull {
 
 export interface StatusData {
   generatedAt: string;
-  upstreams: { name: string; url: string; breaker: string; rateLimitRemaining: number | null; rateLimitLimit: number | null; ttlSeconds: number }[];
+  upstreams: {
+    name: string;
+    url: string;
+    breaker: string;
+    rateLimitRemaining: number | null;
+    rateLimitLimit: number | null;
+    /** Pulls left per credential (by name; `anonymous` last). */
+    credentials: { name: string; remaining: number | null; limit: number | null }[];
+    ttlSeconds: number;
+  }[];
   cache: { bytes: number; maxSize: number; objects: number };
   requests: { total: number; hits: number; hitRatio: number | null };
   topRepositories: { repository: string; pulls: number; bytes: number }[];
@@ -41,6 +50,7 @@ export function statusData(mirror: Mirror, recent: RecentPull[]): StatusData {
         breaker: client?.breaker.state ?? 'closed',
         rateLimitRemaining: client?.rateLimit?.remaining ?? null,
         rateLimitLimit: client?.rateLimit?.limit ?? null,
+        credentials: (client?.rateLimits() ?? []).map((q) => ({ name: q.credential, remaining: q.remaining ?? null, limit: q.limit ?? null })),
         ttlSeconds: Math.round(u.ttlMs / 1000),
       };
     }),
@@ -81,7 +91,7 @@ ${d.cache.maxSize > 0 ? `<div class="bar"><div style="width:${pct.toFixed(1)}%">
 </div>
 <h2>Upstreams</h2>
 <table id="upstreams"><tr><th>Upstream</th><th>URL</th><th>Health</th><th>Rate limit left</th><th>Tag TTL</th></tr>
-${rows(d.upstreams.map((u) => [escape(u.name), escape(u.url), `<span class="${u.breaker}">${u.breaker === 'closed' ? 'up' : u.breaker === 'open' ? 'down' : 'probing'}</span>`, u.rateLimitRemaining === null ? '<span class="muted">unknown</span>' : `${u.rateLimitRemaining}${u.rateLimitLimit ? ` of ${u.rateLimitLimit}` : ''}`, `${u.ttlSeconds}s`]))}
+${rows(d.upstreams.map((u) => [escape(u.name), escape(u.url), `<span class="${u.breaker}">${u.breaker === 'closed' ? 'up' : u.breaker === 'open' ? 'down' : 'probing'}</span>`, u.credentials.length > 1 ? u.credentials.map((c) => `${escape(c.name)}: ${c.remaining ?? '?'}`).join(' · ') : u.rateLimitRemaining === null ? '<span class="muted">unknown</span>' : `${u.rateLimitRemaining}${u.rateLimitLimit ? ` of ${u.rateLimitLimit}` : ''}`, `${u.ttlSeconds}s`]))}
 </table>
 <h2>Top repositories</h2>
 <table id="top"><tr><th>Repository</th><th>Pulls</th><th>Served</th></tr>

@@ -1,8 +1,8 @@
 // One upstream registry as the mirror sees it: where it lives, how long its tags are
 // trusted (its TTL rules) and its 404s remembered, which repositories may be pulled through
-// it, and its naming rules.
+// it, with which credentials, and its naming rules.
 
-import type { UpstreamConfig } from '../config.js';
+import type { UpstreamConfig, UpstreamCredential } from '../config.js';
 import { globToRegExp } from '../oci/reference.js';
 import { TtlRules } from './ttl-rules.js';
 
@@ -15,7 +15,8 @@ export class UpstreamRegistry {
   readonly negativeTtlMs: number;
   readonly alias: string | undefined;
   readonly allowSchema1: boolean;
-  readonly credentials: { username: string; password: string } | undefined;
+  /** In order of preference when their pulls left are equal; empty = anonymous only. */
+  readonly credentials: readonly UpstreamCredential[];
   readonly segments: number;
   readonly sendNamespace: boolean;
   readonly proxy: string | undefined;
@@ -34,7 +35,7 @@ export class UpstreamRegistry {
     this.alias = config.alias;
     this.allowSchema1 = config.allowSchema1;
     this.libraryPrefix = config.libraryPrefix;
-    this.credentials = config.username && config.password ? { username: config.username, password: config.password } : undefined;
+    this.credentials = config.credentials;
     this.allowed = config.repositories.map(globToRegExp);
     this.segments = config.segments;
     this.sendNamespace = config.sendNamespace;

@@ -38,10 +38,36 @@ describe('configuration', () => {
   it('substitutes ${ENV} and says which variable is missing', () => {
     const env = { HUB_TOKEN: 's3cret' };
     const c = buildConfig({ upstreams: { 'docker.io': { url: 'https://registry-1.docker.io', username: 'me', password: '${HUB_TOKEN}' } } }, { env });
-    expect(c.upstreams[0]!.password).toBe('s3cret');
+    expect(c.upstreams[0]!.credentials).toEqual([{ name: 'me', username: 'me', password: 's3cret' }]);
     expect(problems({ upstreams: { 'docker.io': { url: 'https://x', username: 'me', password: '${NOPE}' } } })).toEqual(
       expect.arrayContaining([expect.stringMatching(/upstreams\.docker\.io\.password: environment variable NOPE is not set/)]),
     );
+  });
+
+  it('takes a list of credentials, each labelled by its name or user name, secrets from ${ENV}', () => {
+    const env = { HUB_A: 'secret-a', HUB_B: 'secret-b' };
+    const credentials = [
+      { username: 'alice', password: '${HUB_A}' },
+      { name: 'ci-robot', username: 'bob', password: '${HUB_B}' },
+    ];
+    const c = buildConfig({ upstreams: { 'docker.io': { url: 'https://registry-1.docker.io', credentials } } }, { env });
+    expect(c.upstreams[0]!.credentials).toEqual([
+      { name: 'alice', username: 'alice', password: 'secret-a' },
+      { name: 'ci-robot', username: 'bob', password: 'secret-b' },
+    ]);
+    expect(buildConfig({}, {}).upstreams[0]!.credentials).toEqual([]);
+    // Said once, as unset (not also as an empty password).
+    expect(problems({ upstreams: { 'docker.io': { url: 'https://x', credentials } } }, { env: { HUB_A: 'a' } })).toEqual([
+      'upstreams.docker.io.credentials.1.password: environment variable HUB_B is not set',
+    ]);
+    const twice = [{ username: 'alice', password: 'a' }, { username: 'alice', password: 'b' }];
+    expect(problems({ upstreams: { 'docker.io': { url: 'https://x', credentials: twice } } })).toEqual([expect.stringMatching(/credentials\.1\.name: "alice" is used twice/)]);
+    expect(problems({ upstreams: { 'docker.io': { url: 'https://x', credentials: [{ username: 'anonymous', password: 'a' }] } } })).toEqual([
+      expect.stringMatching(/credentials\.0\.name: "anonymous" names requests without credentials/),
+    ]);
+    expect(problems({ upstreams: { 'docker.io': { url: 'https://x', username: 'me', password: 'p', credentials: [{ username: 'alice', password: 'a' }] } } })).toEqual([
+      expect.stringMatching(/upstreams\.docker\.io: username\/password and credentials are two forms of one setting/),
+    ]);
   });
 
   it('applies file < MIRROR_* env < flags', () => {
