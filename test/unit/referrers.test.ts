@@ -168,7 +168,7 @@ describe("the index's referrer rows", () => {
     index.putManifest({ digest: image, mediaType: MediaType.OciManifest, size: 10, children: [] }, repo, 1);
     index.close();
     const db = new Database(join(dir, 'index.db'));
-    db.exec('DROP TABLE referrers; DROP TABLE referrer_lists;');
+    db.exec('DROP TABLE referrers; DROP TABLE referrer_lists; ALTER TABLE refs DROP COLUMN size;');
     db.pragma('user_version = 2');
     db.close();
     const reopened = new CacheIndex(join(dir, 'index.db'));
