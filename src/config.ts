@@ -3,7 +3,7 @@
 // each with the path of the bad key.
 
 import { existsSync, readFileSync } from 'node:fs';
-import { isIPv4 } from 'node:net';
+import { isIP, isIPv4 } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { parseDuration, parseSize } from './units.js';
@@ -46,6 +46,15 @@ const httpUrl = z.string().transform((value, ctx) => {
     return z.NEVER;
   }
 });
+
+/** An IP address or a CIDR block (10.0.0.0/8, fd00::/8). */
+const addressOrCidr = z.string().refine((value) => {
+  const [address, prefix, extra] = value.trim().split('/');
+  const family = isIP(address ?? '');
+  if (family === 0 || extra !== undefined) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
+}, { message: 'not an IP address or CIDR block (e.g. 10.0.0.5, 10.0.0.0/8, fd00::/8)' });
 
 const upstreamSchema = z.strictObject({
   /** Base URL of the registry API (the host clients name may differ: docker.io → registry-1.docker.io). */
@@ -224,6 +233,43 @@ const configSchema = z.strictObject({
       segments: z.number().int().min(1).max(32).prefault(1),
     })
     .prefault({}),
+  /**
+   * Load balancers or proxies in front of the mirror (addresses or CIDRs): for requests from
+   * them, the client's address is taken from X-Forwarded-For (events, the per-client budget).
+   */
+  trustedProxies: z.array(addressOrCidr).prefault([]),
+  /** One event per image pull (who pulled what, when), to a JSON-lines file and/or a webhook. */
+  events: z
+    .strictObject({
+      /** Append events to this file, one JSON object a line (reopened on SIGHUP, for log rotation). */
+      file: z.string().min(1).optional(),
+      webhook: z
+        .strictObject({
+          /** Where events are POSTed (the query string is kept). */
+          url: z.string().refine((value) => {
+            try {
+              return ['http:', 'https:'].includes(new URL(value).protocol);
+            } catch {
+              return false;
+            }
+          }, { message: 'not an http(s) URL' }),
+          /** Extra request headers (an Authorization token: use ${ENV}). */
+          headers: z.record(z.string(), z.string()).prefault({}),
+          /** Events per POST (a JSON array). */
+          batchSize: z.number().int().min(1).max(10_000).prefault(100),
+          /** Events held in memory while the webhook is slow or down; past it the oldest are dropped (counted). */
+          queueSize: z.number().int().min(1).max(1_000_000).prefault(10_000),
+          /** Longest an event waits for a batch to fill. */
+          flushInterval: duration.prefault('1s'),
+          /** Per POST. */
+          timeout: duration.prefault('10s'),
+          /** Retries after a failed POST wait this long, doubling up to maxBackoff. */
+          backoff: duration.prefault('1s'),
+          maxBackoff: duration.prefault('1m'),
+        })
+        .optional(),
+    })
+    .prefault({}),
 });
 
 type ParsedConfig = z.output<typeof configSchema>;
@@ -257,6 +303,17 @@ export interface S3StoreOptions {
   redirectTtlMs: number;
 }
 
+export interface WebhookConfig {
+  url: string;
+  headers: Record<string, string>;
+  batchSize: number;
+  queueSize: number;
+  flushIntervalMs: number;
+  timeoutMs: number;
+  backoffMs: number;
+  maxBackoffMs: number;
+}
+
 export interface Config {
   listen: { host: string; port: number };
   tls: { cert: string; key: string } | undefined;
@@ -281,6 +338,8 @@ export interface Config {
   clientMisses: { perMinute: number };
   revalidation: { perSecond: number; burst: number; rateLimitReserve: number };
   downloads: { resumeAttempts: number; writeTimeoutMs: number; segmentThreshold: number };
+  trustedProxies: string[];
+  events: { file: string | undefined; webhook: WebhookConfig | undefined };
 }
 
 export class ConfigError extends Error {
@@ -451,6 +510,9 @@ export function buildConfig(
     if (why.length > 0) more.push(`cluster.secret: required when ${why.join(' and ')}: replicas sign their requests to each other with it (at least ${MIN_CLUSTER_SECRET_LENGTH} characters, the same on every replica)`);
   }
   if (parsed.storage.driver === 's3' && !parsed.storage.s3) more.push('storage.s3: required when storage.driver is s3 (bucket, endpoint, credentials)');
+  const webhook = parsed.events.webhook;
+  if (webhook && webhook.batchSize > webhook.queueSize) more.push('events.webhook.batchSize: must not be above events.webhook.queueSize');
+  if (webhook && webhook.backoff > webhook.maxBackoff) more.push('events.webhook.backoff: must not be above events.webhook.maxBackoff');
   if (parsed.storage.lowWatermark >= parsed.storage.highWatermark) {
     more.push('storage.lowWatermark: must be below storage.highWatermark');
   }
@@ -489,6 +551,14 @@ export function buildConfig(
     clientMisses: { perMinute: parsed.clientMisses.perMinute },
     revalidation: parsed.revalidation,
     downloads: { resumeAttempts: parsed.downloads.resumeAttempts, writeTimeoutMs: parsed.downloads.writeTimeout, segmentThreshold: parsed.downloads.segmentThreshold },
+    trustedProxies: parsed.trustedProxies.map((p) => p.trim()),
+    events: {
+      file: parsed.events.file,
+      webhook: webhook && {
+        url: webhook.url, headers: webhook.headers, batchSize: webhook.batchSize, queueSize: webhook.queueSize,
+        flushIntervalMs: webhook.flushInterval, timeoutMs: webhook.timeout, backoffMs: webhook.backoff, maxBackoffMs: webhook.maxBackoff,
+      },
+    },
   };
   return deepFreeze(config);
 }
