@@ -3,7 +3,7 @@
 // each with the path of the bad key.
 
 import { existsSync, readFileSync } from 'node:fs';
-import { isIPv4 } from 'node:net';
+import { isIP, isIPv4 } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { parseDuration, parseSize } from './units.js';
@@ -79,6 +79,14 @@ const ttlRuleSchema = z
     if (r.ttl === undefined) ctx.addIssue({ code: 'custom', path: ['ttl'], message: 'required: how long the matching tags are trusted (e.g. 5m, 1d; 0 = revalidate every time)' });
     if (r.tag !== undefined && r.tagRegex !== undefined) ctx.addIssue({ code: 'custom', message: 'a rule matches tags by tag (a glob) or by tagRegex, not both' });
   });
+/** An IP address or a CIDR block (10.0.0.0/8, fd00::/8). */
+const addressOrCidr = z.string().refine((value) => {
+  const [address, prefix, extra] = value.trim().split('/');
+  const family = isIP(address ?? '');
+  if (family === 0 || extra !== undefined) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
+}, { message: 'not an IP address or CIDR block (e.g. 10.0.0.5, 10.0.0.0/8, fd00::/8)' });
 
 const upstreamSchema = z.strictObject({
   /** Base URL of the registry API (the host clients name may differ: docker.io → registry-1.docker.io). */
@@ -288,6 +296,43 @@ const configSchema = z.strictObject({
       maxBlobSize: size.prefault('64GiB'),
     })
     .prefault({}),
+  /**
+   * Load balancers or proxies in front of the mirror (addresses or CIDRs): for requests from
+   * them, the client's address is taken from X-Forwarded-For (events, the per-client budget).
+   */
+  trustedProxies: z.array(addressOrCidr).prefault([]),
+  /** One event per image pull (who pulled what, when), to a JSON-lines file and/or a webhook. */
+  events: z
+    .strictObject({
+      /** Append events to this file, one JSON object a line (reopened on SIGHUP, for log rotation). */
+      file: z.string().min(1).optional(),
+      webhook: z
+        .strictObject({
+          /** Where events are POSTed (the query string is kept). */
+          url: z.string().refine((value) => {
+            try {
+              return ['http:', 'https:'].includes(new URL(value).protocol);
+            } catch {
+              return false;
+            }
+          }, { message: 'not an http(s) URL' }),
+          /** Extra request headers (an Authorization token: use ${ENV}). */
+          headers: z.record(z.string(), z.string()).prefault({}),
+          /** Events per POST (a JSON array). */
+          batchSize: z.number().int().min(1).max(10_000).prefault(100),
+          /** Events held in memory while the webhook is slow or down; past it the oldest are dropped (counted). */
+          queueSize: z.number().int().min(1).max(1_000_000).prefault(10_000),
+          /** Longest an event waits for a batch to fill. */
+          flushInterval: duration.prefault('1s'),
+          /** Per POST. */
+          timeout: duration.prefault('10s'),
+          /** Retries after a failed POST wait this long, doubling up to maxBackoff. */
+          backoff: duration.prefault('1s'),
+          maxBackoff: duration.prefault('1m'),
+        })
+        .optional(),
+    })
+    .prefault({}),
 });
 
 type ParsedConfig = z.output<typeof configSchema>;
@@ -355,6 +400,17 @@ export interface SharedBucketOptions {
   replicaExpiryMs: number;
 }
 
+export interface WebhookConfig {
+  url: string;
+  headers: Record<string, string>;
+  batchSize: number;
+  queueSize: number;
+  flushIntervalMs: number;
+  timeoutMs: number;
+  backoffMs: number;
+  maxBackoffMs: number;
+}
+
 export interface Config {
   listen: { host: string; port: number };
   tls: { cert: string; key: string } | undefined;
@@ -383,6 +439,8 @@ export interface Config {
   clientMisses: { perMinute: number };
   revalidation: { perSecond: number; burst: number; rateLimitReserve: number };
   downloads: { resumeAttempts: number; writeTimeoutMs: number; segmentThreshold: number; maxBlobSize: number };
+  trustedProxies: string[];
+  events: { file: string | undefined; webhook: WebhookConfig | undefined };
 }
 
 export class ConfigError extends Error {
@@ -574,6 +632,9 @@ export function buildConfig(
     more.push('storage.s3.recentUse: must be at least two heartbeats (a replica\'s uses reach the evicting replica up to a heartbeat late)');
   }
   if (s3 && s3.replicaExpiry < 3 * s3.heartbeat) more.push('storage.s3.replicaExpiry: must be at least three heartbeats');
+  const webhook = parsed.events.webhook;
+  if (webhook && webhook.batchSize > webhook.queueSize) more.push('events.webhook.batchSize: must not be above events.webhook.queueSize');
+  if (webhook && webhook.backoff > webhook.maxBackoff) more.push('events.webhook.backoff: must not be above events.webhook.maxBackoff');
   if (parsed.storage.lowWatermark >= parsed.storage.highWatermark) {
     more.push('storage.lowWatermark: must be below storage.highWatermark');
   }
@@ -623,6 +684,14 @@ export function buildConfig(
       writeTimeoutMs: parsed.downloads.writeTimeout,
       segmentThreshold: parsed.downloads.segmentThreshold,
       maxBlobSize: parsed.downloads.maxBlobSize,
+    },
+    trustedProxies: parsed.trustedProxies.map((p) => p.trim()),
+    events: {
+      file: parsed.events.file,
+      webhook: webhook && {
+        url: webhook.url, headers: webhook.headers, batchSize: webhook.batchSize, queueSize: webhook.queueSize,
+        flushIntervalMs: webhook.flushInterval, timeoutMs: webhook.timeout, backoffMs: webhook.backoff, maxBackoffMs: webhook.maxBackoff,
+      },
     },
   };
   return deepFreeze(config);

@@ -4,6 +4,7 @@
 // Every statement is prepared once; access times are batched, not written per request.
 
 import Database, { type Statement } from 'better-sqlite3';
+import { DAY_MS } from '../units.js';
 
 export interface TagRow {
   upstream: string;
@@ -97,7 +98,23 @@ const MIGRATIONS: string[] = [
    ) WITHOUT ROWID;`,
   // 4: the size a manifest's descriptor gives each reference: a download without Content-Length is bounded by it.
   `ALTER TABLE refs ADD COLUMN size INTEGER;`,
+  // 5: what the mirror saved its upstreams, per UTC day (days since the epoch) and reason: the
+  // status page's chart, kept across restarts. A few rows a day; never pruned (a year is ~2k rows).
+  `CREATE TABLE saved_daily (
+     day INTEGER NOT NULL, upstream TEXT NOT NULL, reason TEXT NOT NULL, bytes INTEGER NOT NULL, pulls INTEGER NOT NULL,
+     PRIMARY KEY (day, upstream, reason)
+   ) WITHOUT ROWID;`,
 ];
+
+/** Upstream bytes and pulls a day's answers did not cost, for one upstream and one reason. */
+export interface DailySaving {
+  /** Days since the epoch, UTC. */
+  day: number;
+  upstream: string;
+  reason: string;
+  bytes: number;
+  pulls: number;
+}
 
 interface TagDbRow {
   upstream: string;
@@ -123,6 +140,7 @@ export class CacheIndex {
   private readonly pendingAccess = new Map<string, number>();
   private readonly pendingCounters = new Map<string, number>();
   private readonly pendingRepos = new Map<string, RepoActivity & { upstream: string; repo: string }>();
+  private readonly pendingSavings = new Map<string, DailySaving>();
   private readonly s: {
     getTag: Statement<[string, string, string, string], TagDbRow>;
     putTag: Statement<[string, string, string, string, string, string, number, number, number]>;
@@ -149,6 +167,8 @@ export class CacheIndex {
     getReferrerList: Statement<[string, string, string], { descriptors: string; checked_at: number; expires_at: number }>;
     putReferrerList: Statement<[string, string, string, string, number, number]>;
     deleteReferrerList: Statement<[string, string, string]>;
+    addSaving: Statement<[number, string, string, number, number]>;
+    savedSince: Statement<[number], DailySaving>;
   };
 
   constructor(path: string) {
@@ -219,6 +239,11 @@ export class CacheIndex {
            checked_at = excluded.checked_at, expires_at = excluded.expires_at`,
       ),
       deleteReferrerList: db.prepare('DELETE FROM referrer_lists WHERE upstream = ? AND repo = ? AND subject = ?'),
+      addSaving: db.prepare(
+        `INSERT INTO saved_daily (day, upstream, reason, bytes, pulls) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (day, upstream, reason) DO UPDATE SET bytes = bytes + excluded.bytes, pulls = pulls + excluded.pulls`,
+      ),
+      savedSince: db.prepare('SELECT day, upstream, reason, bytes, pulls FROM saved_daily WHERE day >= ? ORDER BY day, upstream, reason'),
     };
   }
 
@@ -375,8 +400,24 @@ export class CacheIndex {
     this.pendingRepos.set(key, r);
   }
 
+  /** Count what an answer saved the upstream, on the UTC day of `at`; flushed in batches. */
+  recordSaving(upstream: string, reason: string, bytes: number, pulls: number, at: number): void {
+    const day = Math.floor(at / DAY_MS);
+    const key = `${day}\u0000${upstream}\u0000${reason}`;
+    const s = this.pendingSavings.get(key);
+    if (s) {
+      s.bytes += bytes;
+      s.pulls += pulls;
+    } else this.pendingSavings.set(key, { day, upstream, reason, bytes, pulls });
+  }
+
+  /** The saved_daily rows from `firstDay` (days since the epoch) on, flushed ones only. */
+  savedSince(firstDay: number): DailySaving[] {
+    return this.s.savedSince.all(firstDay);
+  }
+
   flushAccessTimes(): number {
-    if (this.pendingAccess.size === 0 && this.pendingCounters.size === 0 && this.pendingRepos.size === 0) return 0;
+    if (this.pendingAccess.size === 0 && this.pendingCounters.size === 0 && this.pendingRepos.size === 0 && this.pendingSavings.size === 0) return 0;
     // One transaction; the batch is dropped only once it is written (a full disk or a busy
     // database leaves it for the next flush).
     this.db.transaction(() => {
@@ -386,11 +427,13 @@ export class CacheIndex {
       }
       for (const [name, value] of this.pendingCounters) this.s.addCounter.run(name, value);
       for (const r of this.pendingRepos.values()) this.s.addRepoStats.run(r.upstream, r.repo, r.pulls, r.bytes, r.lastPull);
+      for (const v of this.pendingSavings.values()) this.s.addSaving.run(v.day, v.upstream, v.reason, v.bytes, v.pulls);
     })();
     const written = this.pendingAccess.size;
     this.pendingAccess.clear();
     this.pendingCounters.clear();
     this.pendingRepos.clear();
+    this.pendingSavings.clear();
     return written;
   }
 

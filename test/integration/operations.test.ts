@@ -220,4 +220,59 @@ describe('status page', () => {
       await mirror.stop();
     }
   });
+  it.skipIf(!existsSync(chromium))('leads with what the mirror saved: today, 30 days as an inline chart, pulls left; readable without JavaScript', async () => {
+    const { chromium: launcher } = await import('playwright-core');
+    const DAY = 86_400_000;
+    const clock = new ManualClock(Date.UTC(2026, 4, 18, 9));
+    const mirror = await startMirror({ upstreamUrl: upstream.url, clock });
+    const browser = await launcher.launch({
+      executablePath: chromium,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    try {
+      // Three days of traffic: each day a blob and a tag fetched twice (the second time saved).
+      const mib = [3, 1, 2];
+      for (const [day, size] of mib.entries()) {
+        if (day > 0) clock.advance(DAY);
+        const blob = upstream.addBlob(pseudoRandomBytes(size * MiB, `saved-${day}`), ['team/saved']);
+        addTinyImage(upstream, 'team/saved', `day${day}`, `saved-${day}`);
+        for (let i = 0; i < 2; i++) {
+          expect((await get(`${mirror.url}/v2/team/saved/blobs/${blob}`)).status).toBe(200);
+          expect((await get(`${mirror.url}/v2/team/saved/manifests/day${day}`)).status).toBe(200);
+        }
+      }
+      const page = await browser.newPage({ viewport: { width: 1100, height: 1000 }, javaScriptEnabled: false });
+      await page.goto(`${mirror.url}/`);
+      // The page has no script at all, and the savings come first.
+      expect(await page.locator('script').count()).toBe(0);
+      expect(await page.locator('h2').first().innerText()).toBe('What the mirror saved its upstreams');
+      const today = await page.locator('#saved-today').innerText();
+      expect(today).toContain('2026-05-20');
+      expect(today).toContain('2.0 MiB');
+      expect(today).toContain('1 pull not sent upstream');
+      expect(today).toMatch(/cache: 2\.0 MiB/);
+      expect(today).toMatch(/tag-fresh: 1 pull/);
+      expect(await page.locator('#saved-30d').innerText()).toMatch(/6\.0 MiB\s+3 pulls not sent upstream/);
+      expect(await page.locator('#quota').innerText()).toMatch(/docker\.io \(anonymous\): unknown/);
+      // The charts: 30 bars each, drawn inline; the three days with traffic have height.
+      const chart = page.locator('svg#saved-bytes-chart');
+      expect((await chart.boundingBox())!.width).toBeGreaterThan(300);
+      const bars = chart.locator('rect');
+      expect(await bars.count()).toBe(30);
+      const heights = await Promise.all(Array.from({ length: 30 }, (_, i) => bars.nth(i).getAttribute('height').then(Number)));
+      expect(heights.slice(0, 27).every((h) => h === 0)).toBe(true);
+      expect(heights[27]).toBeGreaterThan(heights[29]!);
+      expect(heights[29]).toBeGreaterThan(heights[28]!);
+      expect(await bars.nth(27).locator('title').textContent()).toBe('2026-05-18: 3.0 MiB');
+      expect(await page.locator('svg#saved-pulls-chart rect[height="0.0"]').count()).toBe(27);
+      // The figures per day, behind a <details> that opens without script.
+      await page.locator('details summary').click();
+      expect(await page.locator('#saved-daily').innerText()).toMatch(/2026-05-19\s+1\.0 MiB\s+1/);
+      const shot = await page.screenshot({ path: process.env.SAVED_SCREENSHOT ?? join(work, 'saved.png'), fullPage: true });
+      expect(shot.length).toBeGreaterThan(20_000);
+    } finally {
+      await browser.close();
+      await mirror.stop();
+    }
+  });
 });

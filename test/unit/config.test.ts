@@ -99,6 +99,28 @@ describe('configuration', () => {
     ]);
   });
 
+  it('pull events and trusted proxies: defaults, secrets from the environment, and what it refuses', () => {
+    const off = buildConfig({}, {});
+    expect(off.trustedProxies).toEqual([]);
+    expect(off.events).toEqual({ file: undefined, webhook: undefined });
+    const c = buildConfig(
+      { trustedProxies: ['10.0.0.0/8', '192.0.2.1', 'fd00::/8'], events: { file: '/var/log/pulls.jsonl', webhook: { url: 'https://hooks.example/p?k=1', headers: { authorization: 'Bearer ${HOOK_TOKEN}' } } } },
+      { env: { HOOK_TOKEN: 't0k' } },
+    );
+    expect(c.trustedProxies).toEqual(['10.0.0.0/8', '192.0.2.1', 'fd00::/8']);
+    expect(c.events.webhook).toEqual({
+      url: 'https://hooks.example/p?k=1', headers: { authorization: 'Bearer t0k' },
+      batchSize: 100, queueSize: 10_000, flushIntervalMs: 1000, timeoutMs: 10_000, backoffMs: 1000, maxBackoffMs: 60_000,
+    });
+    expect(problems({ trustedProxies: ['10.0.0.0/33', 'proxy.internal', '::1/129'] })).toEqual([
+      expect.stringMatching(/^trustedProxies\.0: not an IP address or CIDR/),
+      expect.stringMatching(/^trustedProxies\.1: /),
+      expect.stringMatching(/^trustedProxies\.2: /),
+    ]);
+    expect(problems({ events: { webhook: { url: 'ftp://x' } } })).toEqual([expect.stringMatching(/^events\.webhook\.url: not an http\(s\) URL/)]);
+    expect(problems({ events: { webhook: { url: 'http://x', batchSize: 50, queueSize: 10 } } })).toEqual([expect.stringMatching(/^events\.webhook\.batchSize: must not be above/)]);
+  });
+
   it('refuses a default upstream that is not configured', () => {
     expect(problems({ defaultUpstream: 'quay.io' })).toEqual([expect.stringMatching(/^defaultUpstream: /)]);
   });
