@@ -168,11 +168,11 @@ describe("the index's referrer rows", () => {
     index.putManifest({ digest: image, mediaType: MediaType.OciManifest, size: 10, children: [] }, repo, 1);
     index.close();
     const db = new Database(join(dir, 'index.db'));
-    db.exec('DROP TABLE referrers; DROP TABLE referrer_lists; ALTER TABLE refs DROP COLUMN size;');
+    db.exec('DROP TABLE referrers; DROP TABLE referrer_lists; ALTER TABLE refs DROP COLUMN size; DROP TABLE saved_daily;');
     db.pragma('user_version = 2');
     db.close();
     const reopened = new CacheIndex(join(dir, 'index.db'));
-    expect(reopened.db.pragma('user_version', { simple: true })).toBe(4);
+    expect(reopened.db.pragma('user_version', { simple: true })).toBe(5);
     expect(reopened.getManifest(image)?.size).toBe(10);
     reopened.putReferrerList('docker.io', 'team/app', image, { descriptors: '[]', checkedAt: 1, expiresAt: 2 });
     expect(reopened.getReferrerList('docker.io', 'team/app', image)).toEqual({ descriptors: '[]', checkedAt: 1, expiresAt: 2 });
