@@ -72,7 +72,7 @@ async function serve(options: CommonOptions & ConfigOverrides): Promise<void> {
       listen: `${config.listen.host}:${config.listen.port}`,
       storage: config.storage.path,
       offline: config.offline,
-      upstreams: config.upstreams.map((u) => ({ name: u.name, url: u.url, ttlMs: u.ttlMs, authenticated: !!u.username })),
+      upstreams: config.upstreams.map((u) => ({ name: u.name, url: u.url, ttlMs: u.ttlMs, credentials: u.credentials.map((c) => c.name) })),
       defaultUpstream: config.defaultUpstream,
     },
     'mirror listening',
@@ -145,6 +145,28 @@ function platformsFrom(options: { platform?: string; allPlatforms?: boolean }): 
   }
 }
 
+interface ReferrersOptions {
+  /** false with --no-referrers (commander's negation). */
+  referrers?: boolean;
+  withReferrers?: boolean;
+}
+
+/** Whether to carry images' referrers: yes unless --no-referrers (--with-referrers says the default out loud). */
+function referrersFrom(options: ReferrersOptions): boolean {
+  if (options.withReferrers && options.referrers === false) {
+    process.stderr.write('mirror: --with-referrers and --no-referrers contradict each other\n');
+    process.exit(2);
+  }
+  return options.referrers !== false;
+}
+
+/** --with-referrers / --no-referrers, for the commands that carry images (prewarm, export). */
+function withReferrersOptions(cmd: Command, verb: string): Command {
+  return cmd
+    .option('--with-referrers', `also ${verb} each image's referrers (signatures, SBOMs, attestations), recursively, and cosign's .sig/.att/.sbom tags (the default)`)
+    .option('--no-referrers', `${verb} the images only, without their referrers and cosign tags`);
+}
+
 function imagesFrom(refs: string[], file: string | undefined): string[] {
   const all = [...refs];
   if (file) {
@@ -190,19 +212,20 @@ function report<T>(json: boolean | undefined, result: T, inWords: (result: T) =>
 async function coreFor(options: CommonOptions & ConfigOverrides) {
   const config = configFrom(options);
   const logger = pino({ level: config.log.level === 'info' ? 'warn' : config.log.level }, pino.destination(2));
-  return createMirror({ config, logger });
+  return createMirror({ config, logger, oneShot: true });
 }
 
-withConfigOptions(program.command('prewarm').description('fill the cache with images, through the same core as a client pull'))
+withReferrersOptions(withConfigOptions(program.command('prewarm').description('fill the cache with images, through the same core as a client pull')), 'fetch')
   .argument('[images...]', 'references as users write them: alpine:3.19, ghcr.io/org/app@sha256:…')
   .option('-f, --file <file>', 'read more references from a file, one per line (# comments; - for stdin)')
   .option('--platform <list>', 'platforms to fetch from multi-arch images, e.g. linux/amd64,linux/arm64 (default: this machine\'s)')
   .option('--all-platforms', 'fetch every platform of multi-arch images')
   .option('--concurrency <n>', 'images fetched at once', '3')
   .option('--pin', 'pin the tags so that eviction keeps them')
-  .action(async (refs: string[], options: CommonOptions & ConfigOverrides & { file?: string; platform?: string; allPlatforms?: boolean; concurrency: string; pin?: boolean }) => {
+  .action(async (refs: string[], options: CommonOptions & ConfigOverrides & ReferrersOptions & { file?: string; platform?: string; allPlatforms?: boolean; concurrency: string; pin?: boolean }) => {
     const images = imagesFrom(refs, options.file);
     const platforms = platformsFrom(options);
+    const referrers = referrersFrom(options);
     const [{ default: cliProgress }, { prewarm }] = await Promise.all([import('cli-progress'), import('./airgap/prewarm.js')]);
     const mirror = await coreFor(options);
     const tty = process.stderr.isTTY === true;
@@ -241,13 +264,18 @@ withConfigOptions(program.command('prewarm').description('fill the cache with im
         if (!multibar) process.stderr.write(`prewarm: ${image}: ${r.ok ? `ok, ${r.blobs} blobs, ${formatBytes(r.bytes)} (${formatBytes(r.fetchedBytes)} fetched) in ${(r.ms / 1000).toFixed(1)}s` : `FAILED: ${r.error}`}\n`);
       },
     };
-    const results = await prewarm(mirror, images, { platforms, pin: !!options.pin, concurrency: Math.max(1, Number(options.concurrency) || 3) }, progress);
+    const results = await prewarm(mirror, images, { platforms, pin: !!options.pin, referrers, concurrency: Math.max(1, Number(options.concurrency) || 3) }, progress);
     multibar?.stop();
     await mirror.close();
     printTable(
-      results.map((r) => ({ image: r.canonical, status: r.ok ? 'ok' : 'FAILED', blobs: r.blobs, size: formatBytes(r.bytes), fetched: formatBytes(r.fetchedBytes), seconds: (r.ms / 1000).toFixed(1) })),
-      ['image', 'status', 'blobs', 'size', 'fetched', 'seconds'],
+      results.map((r) => ({
+        image: r.canonical, status: r.ok ? 'ok' : 'FAILED', blobs: r.blobs, ...(referrers ? { referrers: r.referrers } : {}), size: formatBytes(r.bytes), fetched: formatBytes(r.fetchedBytes), seconds: (r.ms / 1000).toFixed(1),
+      })),
+      ['image', 'status', 'blobs', ...(referrers ? ['referrers'] : []), 'size', 'fetched', 'seconds'],
     );
+    for (const r of results) {
+      for (const d of r.dangling) process.stderr.write(`${r.canonical}: the upstream lists referrer ${d} but does not have it; left out\n`);
+    }
     const failed = results.filter((r) => !r.ok);
     if (failed.length > 0) {
       process.stderr.write(`\n${failed.length} of ${results.length} images failed:\n`);
@@ -256,21 +284,24 @@ withConfigOptions(program.command('prewarm').description('fill the cache with im
     }
   });
 
-withConfigOptions(program.command('export').description('write images (the chosen platforms) as an OCI image layout archive, for carrying across an air gap'))
+withReferrersOptions(withConfigOptions(program.command('export').description('write images (the chosen platforms) as an OCI image layout archive, for carrying across an air gap')), 'carry')
   .argument('[images...]', 'references as users write them')
   .requiredOption('-o, --output <file>', 'the archive to write, e.g. bundle.tar')
   .option('-f, --file <file>', 'read more references from a file, one per line')
   .option('--platform <list>', 'platforms of multi-arch images to include (default: this machine\'s)')
   .option('--all-platforms', 'include every platform')
-  .action(async (refs: string[], options: CommonOptions & ConfigOverrides & { output: string; file?: string; platform?: string; allPlatforms?: boolean }) => {
+  .action(async (refs: string[], options: CommonOptions & ConfigOverrides & ReferrersOptions & { output: string; file?: string; platform?: string; allPlatforms?: boolean }) => {
     const images = imagesFrom(refs, options.file);
     const platforms = platformsFrom(options);
+    const referrers = referrersFrom(options);
     const { exportBundle } = await import('./airgap/bundle.js');
     const mirror = await coreFor(options);
     try {
-      const r = await exportBundle(mirror, images, { platforms, output: options.output });
-      process.stdout.write(`wrote ${options.output}: ${r.references.length} images, ${r.blobs} objects, ${formatBytes(r.bytes)}\n`);
+      const r = await exportBundle(mirror, images, { platforms, output: options.output, referrers });
+      const carried = referrers ? `, ${r.referrers} referrers` : '';
+      process.stdout.write(`wrote ${options.output}: ${images.length} images${carried}, ${r.references.length} references, ${r.blobs} objects, ${formatBytes(r.bytes)}\n`);
       for (const ref of r.references) process.stdout.write(`  ${ref}\n`);
+      for (const d of r.dangling) process.stderr.write(`the upstream lists referrer ${d} but does not have it; left out\n`);
     } catch (err) {
       process.stderr.write(`mirror: export failed: ${(err as Error).message}\n`);
       process.exitCode = 1;

@@ -3,7 +3,7 @@
 // each with the path of the bad key.
 
 import { existsSync, readFileSync } from 'node:fs';
-import { isIPv4 } from 'node:net';
+import { isIP, isIPv4 } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { parseDuration, parseSize } from './units.js';
@@ -47,14 +47,67 @@ const httpUrl = z.string().transform((value, ctx) => {
   }
 });
 
+/** A string that must match `pattern`, else `what` says why (with the value, so the rule is recognisable). */
+const matching = (pattern: RegExp, what: string) =>
+  z.string().superRefine((value, ctx) => {
+    if (!pattern.test(value)) ctx.addIssue({ code: 'custom', message: `"${value}" is ${what}` });
+  });
+/** A glob over repository names: lowercase name characters and `/`, with `*`, `**`, `?`. */
+const repositoryGlob = matching(/^[a-z0-9._/*?-]+$/, 'not a repository glob (lowercase letters, digits, . _ - /, with * within a path component, ** across, ? one character)');
+/** A glob over tags: tag characters with `*` and `?` (a tag has no `/`). */
+const tagGlob = matching(/^[A-Za-z0-9._*?-]+$/, 'not a tag glob (letters, digits, . _ -, with * and ?)');
+const tagRegex = z.string().min(1).superRefine((value, ctx) => {
+  try {
+    new RegExp(value);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not a regular expression: ${(err as Error).message}` });
+  }
+});
+
+/**
+ * One tag TTL rule: tags of repositories matching `repository` (default: every one) whose name
+ * matches `tag` (a glob) or `tagRegex` (default: every tag) are trusted for `ttl`.
+ */
+const ttlRuleSchema = z
+  .strictObject({
+    repository: repositoryGlob.optional(),
+    tag: tagGlob.optional(),
+    tagRegex: tagRegex.optional(),
+    ttl: duration.optional(),
+  })
+  .superRefine((r, ctx) => {
+    if (r.ttl === undefined) ctx.addIssue({ code: 'custom', path: ['ttl'], message: 'required: how long the matching tags are trusted (e.g. 5m, 1d; 0 = revalidate every time)' });
+    if (r.tag !== undefined && r.tagRegex !== undefined) ctx.addIssue({ code: 'custom', message: 'a rule matches tags by tag (a glob) or by tagRegex, not both' });
+  });
+/** An IP address or a CIDR block (10.0.0.0/8, fd00::/8). */
+const addressOrCidr = z.string().refine((value) => {
+  const [address, prefix, extra] = value.trim().split('/');
+  const family = isIP(address ?? '');
+  if (family === 0 || extra !== undefined) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
+}, { message: 'not an IP address or CIDR block (e.g. 10.0.0.5, 10.0.0.0/8, fd00::/8)' });
+
 const upstreamSchema = z.strictObject({
   /** Base URL of the registry API (the host clients name may differ: docker.io → registry-1.docker.io). */
   url: httpUrl,
   /** Credentials for the upstream (raise Docker Hub's pull limit). Use ${ENV} references. */
   username: z.string().optional(),
   password: z.string().optional(),
+  /**
+   * Several credentials (instead of username/password): Docker Hub counts pulls per account,
+   * and the mirror pulls with the one that has most left. `name` labels it in metrics and on
+   * the status page (default: the username); the password never appears anywhere.
+   */
+  credentials: z
+    .array(z.strictObject({ name: z.string().min(1).max(64).optional(), username: z.string().min(1), password: z.string().min(1) }))
+    .optional(),
   /** How long a tag is trusted before it is revalidated with a HEAD. 0 = every request. */
   ttl: duration.optional(),
+  /** Tag TTLs by repository and tag, first match wins; tried before the top-level ttlRules, then ttl applies. */
+  ttlRules: z.array(ttlRuleSchema).prefault([]),
+  /** How long an upstream 404 for a manifest is remembered (default: the top-level negativeTtl; 0 = off). */
+  negativeTtl: duration.optional(),
   /** Glob patterns of repositories that may be pulled through this upstream. */
   repositories: z.array(z.string().min(1)).prefault(['**']),
   /** Another first path component that routes to this upstream (`/v2/<alias>/repo/...`). */
@@ -119,10 +172,23 @@ const configSchema = z.strictObject({
           forcePathStyle: z.boolean().prefault(true),
           /** Answer blob GETs with a 307 to a presigned URL valid this long (0 = stream through the replica). */
           redirect: duration.prefault(0),
+          /** This replica's name in the bucket's _mirror/ objects (default: made once, kept in <storage.path>/replica-id). */
+          replicaId: z.string().regex(/^[A-Za-z0-9._-]{1,100}$/, 'letters, digits, ".", "_" and "-" (at most 100)').optional(),
+          /** How often each replica publishes what it needs kept and the eviction lease is renewed (it lasts 3 heartbeats). */
+          heartbeat: duration.prefault('1m'),
+          /** Content any replica used this recently is never evicted from the bucket. */
+          recentUse: duration.prefault('10m'),
+          /** A replica silent this long is forgotten: its pins are no longer kept. */
+          replicaExpiry: duration.prefault('7d'),
         })
         .optional(),
       /** 0 = unbounded. */
       maxSize: size.prefault(0),
+      /**
+       * Disk space downloads leave free (each reserves its size before it starts; one that does
+       * not fit passes through uncached). Default: 1% of the disk, at most 64 MiB.
+       */
+      minFree: size.optional(),
       /** Eviction starts past this fraction of maxSize… */
       highWatermark: z.number().gt(0).max(1).prefault(0.9),
       /** …and removes least recently used content until usage is under this one. */
@@ -158,6 +224,10 @@ const configSchema = z.strictObject({
   catalog: z.boolean().prefault(true),
   /** Tag TTL for upstreams that do not set their own. */
   ttl: duration.prefault('10m'),
+  /** Tag TTL rules for every upstream, tried after an upstream's own rules. */
+  ttlRules: z.array(ttlRuleSchema).prefault([]),
+  /** How long an upstream 404 for a manifest is remembered, per upstream, repository and reference (0 = off). */
+  negativeTtl: duration.prefault('30s'),
   /** The upstream for requests that name none (no ?ns=, no host prefix). */
   defaultUpstream: z.string().prefault('docker.io'),
   upstreams: z
@@ -237,18 +307,83 @@ const configSchema = z.strictObject({
        * unless it is more than half done or has less than 8 MiB to go: then it finishes, within writeTimeout.
        */
       abandonAfter: duration.prefault('15s'),
+      /** The most bytes a blob may have when no stored manifest's descriptor gives its size. */
+      maxBlobSize: size.prefault('64GiB'),
+    })
+    .prefault({}),
+  /**
+   * Load balancers or proxies in front of the mirror (addresses or CIDRs): for requests from
+   * them, the client's address is taken from X-Forwarded-For (events, the per-client budget).
+   */
+  trustedProxies: z.array(addressOrCidr).prefault([]),
+  /** One event per image pull (who pulled what, when), to a JSON-lines file and/or a webhook. */
+  events: z
+    .strictObject({
+      /** Append events to this file, one JSON object a line (reopened on SIGHUP, for log rotation). */
+      file: z.string().min(1).optional(),
+      webhook: z
+        .strictObject({
+          /** Where events are POSTed (the query string is kept). */
+          url: z.string().refine((value) => {
+            try {
+              return ['http:', 'https:'].includes(new URL(value).protocol);
+            } catch {
+              return false;
+            }
+          }, { message: 'not an http(s) URL' }),
+          /** Extra request headers (an Authorization token: use ${ENV}). */
+          headers: z.record(z.string(), z.string()).prefault({}),
+          /** Events per POST (a JSON array). */
+          batchSize: z.number().int().min(1).max(10_000).prefault(100),
+          /** Events held in memory while the webhook is slow or down; past it the oldest are dropped (counted). */
+          queueSize: z.number().int().min(1).max(1_000_000).prefault(10_000),
+          /** Longest an event waits for a batch to fill. */
+          flushInterval: duration.prefault('1s'),
+          /** Per POST. */
+          timeout: duration.prefault('10s'),
+          /** Retries after a failed POST wait this long, doubling up to maxBackoff. */
+          backoff: duration.prefault('1s'),
+          maxBackoff: duration.prefault('1m'),
+        })
+        .optional(),
     })
     .prefault({}),
 });
 
 type ParsedConfig = z.output<typeof configSchema>;
 
+/** A tag TTL rule (upstream/ttl-rules.ts matches them). */
+export interface TtlRuleConfig {
+  /** Glob over the repository as the upstream names it (`library/alpine` on Docker Hub); undefined = every one. */
+  repository: string | undefined;
+  /** Glob over the tag; undefined (and no tagRegex) = every tag. */
+  tag: string | undefined;
+  /** Regular expression source, tested against the tag. */
+  tagRegex: string | undefined;
+  ttlMs: number;
+}
+
+/** One account at an upstream; `name` (not secret) labels it in metrics and on the status page. */
+export interface UpstreamCredential {
+  name: string;
+  username: string;
+  password: string;
+}
+
+/** The label of requests sent without credentials. */
+export const ANONYMOUS_CREDENTIAL = 'anonymous';
+
 export interface UpstreamConfig {
   name: string;
   url: string;
-  username: string | undefined;
-  password: string | undefined;
+  /** In order of preference when their pulls left are equal; empty = anonymous. */
+  credentials: UpstreamCredential[];
+  /** The tag TTL when no rule matches. */
   ttlMs: number;
+  /** This upstream's rules, then the top-level ones: the first match wins. */
+  ttlRules: TtlRuleConfig[];
+  /** How long an upstream 404 for a manifest is remembered; 0 = not at all. */
+  negativeTtlMs: number;
   repositories: string[];
   alias: string | undefined;
   libraryPrefix: boolean;
@@ -272,6 +407,25 @@ export interface S3StoreOptions {
   redirectTtlMs: number;
 }
 
+/** Eviction of a bucket shared by replicas (cache/shared-eviction.ts). */
+export interface SharedBucketOptions {
+  replicaId: string | undefined;
+  heartbeatMs: number;
+  recentUseMs: number;
+  replicaExpiryMs: number;
+}
+
+export interface WebhookConfig {
+  url: string;
+  headers: Record<string, string>;
+  batchSize: number;
+  queueSize: number;
+  flushIntervalMs: number;
+  timeoutMs: number;
+  backoffMs: number;
+  maxBackoffMs: number;
+}
+
 export interface Config {
   listen: { host: string; port: number };
   tls: { cert: string; key: string } | undefined;
@@ -281,7 +435,11 @@ export interface Config {
     path: string;
     driver: 'filesystem' | 's3';
     s3: S3StoreOptions | undefined;
+    /** With the s3 driver. */
+    shared: SharedBucketOptions | undefined;
     maxSize: number;
+    /** Bytes downloads leave free on the disk; undefined = 1% of it, at most 64 MiB. */
+    minFree: number | undefined;
     highWatermark: number;
     lowWatermark: number;
   };
@@ -303,7 +461,10 @@ export interface Config {
     maxQueued: number;
     queueTimeoutMs: number;
     abandonAfterMs: number;
+    maxBlobSize: number;
   };
+  trustedProxies: string[];
+  events: { file: string | undefined; webhook: WebhookConfig | undefined };
 }
 
 export class ConfigError extends Error {
@@ -345,7 +506,8 @@ function substituteEnv(value: unknown, env: NodeJS.ProcessEnv, path: string, pro
       return '';
     });
   }
-  if (Array.isArray(value)) return value.map((v, i) => substituteEnv(v, env, `${path}[${i}]`, problems));
+  // Paths written as the schema's issues are (`credentials.1.password`), so that one key's problems read alike.
+  if (Array.isArray(value)) return value.map((v, i) => substituteEnv(v, env, `${path}.${i}`, problems));
   if (value && typeof value === 'object') {
     return Object.fromEntries(
       Object.entries(value).map(([k, v]) => [k, substituteEnv(v, env, path ? `${path}.${k}` : k, problems)]),
@@ -434,8 +596,11 @@ export function buildConfig(
 
   const result = configSchema.safeParse(doc);
   if (!result.success) {
+    // A key whose variable is missing is already reported: not also as empty.
+    const unset = new Set(problems.map((p) => p.slice(0, p.indexOf(': environment variable'))));
     for (const issue of result.error.issues) {
       const path = issue.path.map(String).join('.') || '(root)';
+      if (unset.has(path)) continue;
       const message =
         issue.code === 'unrecognized_keys' ? `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}` : issue.message;
       problems.push(`${path}: ${message}`);
@@ -447,9 +612,12 @@ export function buildConfig(
   const upstreams: UpstreamConfig[] = Object.entries(parsed.upstreams).map(([name, u]) => ({
     name,
     url: u.url,
-    username: u.username || undefined,
-    password: u.password || undefined,
+    credentials:
+      u.credentials?.map((c) => ({ name: c.name ?? c.username, username: c.username, password: c.password })) ??
+      (u.username && u.password ? [{ name: u.username, username: u.username, password: u.password }] : []),
     ttlMs: u.ttl ?? parsed.ttl,
+    ttlRules: [...u.ttlRules, ...parsed.ttlRules].map(ttlRuleConfig),
+    negativeTtlMs: u.negativeTtl ?? parsed.negativeTtl,
     repositories: u.repositories,
     alias: u.alias,
     libraryPrefix: u.libraryPrefix ?? name === 'docker.io',
@@ -464,8 +632,16 @@ export function buildConfig(
   if (!upstreams.some((u) => u.name === parsed.defaultUpstream)) {
     more.push(`defaultUpstream: "${parsed.defaultUpstream}" is not one of upstreams (${upstreams.map((u) => u.name).join(', ') || 'none'})`);
   }
+  for (const [name, u] of Object.entries(parsed.upstreams)) {
+    if (u.username && !u.password) more.push(`upstreams.${name}.password: required when username is set`);
+    if ((u.username || u.password) && u.credentials) more.push(`upstreams.${name}: username/password and credentials are two forms of one setting: use one (credentials for several)`);
+  }
   for (const u of upstreams) {
-    if (u.username && !u.password) more.push(`upstreams.${u.name}.password: required when username is set`);
+    const seen = new Set<string>([ANONYMOUS_CREDENTIAL]);
+    u.credentials.forEach((c, i) => {
+      if (seen.has(c.name)) more.push(`upstreams.${u.name}.credentials.${i}.name: "${c.name}" ${c.name === ANONYMOUS_CREDENTIAL ? 'names requests without credentials' : 'is used twice'}: give each credential a name of its own`);
+      seen.add(c.name);
+    });
   }
   if (parsed.cluster && !parsed.cluster.peers.includes(parsed.cluster.self)) more.push('cluster.self: must be one of cluster.peers');
   if (parsed.cluster && parsed.cluster.secret === undefined) {
@@ -474,6 +650,15 @@ export function buildConfig(
     if (why.length > 0) more.push(`cluster.secret: required when ${why.join(' and ')}: replicas sign their requests to each other with it (at least ${MIN_CLUSTER_SECRET_LENGTH} characters, the same on every replica)`);
   }
   if (parsed.storage.driver === 's3' && !parsed.storage.s3) more.push('storage.s3: required when storage.driver is s3 (bucket, endpoint, credentials)');
+  const s3 = parsed.storage.s3;
+  if (s3 && s3.heartbeat <= 0) more.push('storage.s3.heartbeat: must be above 0');
+  if (s3 && s3.recentUse < 2 * s3.heartbeat) {
+    more.push('storage.s3.recentUse: must be at least two heartbeats (a replica\'s uses reach the evicting replica up to a heartbeat late)');
+  }
+  if (s3 && s3.replicaExpiry < 3 * s3.heartbeat) more.push('storage.s3.replicaExpiry: must be at least three heartbeats');
+  const webhook = parsed.events.webhook;
+  if (webhook && webhook.batchSize > webhook.queueSize) more.push('events.webhook.batchSize: must not be above events.webhook.queueSize');
+  if (webhook && webhook.backoff > webhook.maxBackoff) more.push('events.webhook.backoff: must not be above events.webhook.maxBackoff');
   if (parsed.storage.lowWatermark >= parsed.storage.highWatermark) {
     more.push('storage.lowWatermark: must be below storage.highWatermark');
   }
@@ -497,7 +682,14 @@ export function buildConfig(
         forcePathStyle: parsed.storage.s3.forcePathStyle,
         redirectTtlMs: parsed.storage.s3.redirect,
       },
+      shared: parsed.storage.s3 && {
+        replicaId: parsed.storage.s3.replicaId,
+        heartbeatMs: parsed.storage.s3.heartbeat,
+        recentUseMs: parsed.storage.s3.recentUse,
+        replicaExpiryMs: parsed.storage.s3.replicaExpiry,
+      },
       maxSize: parsed.storage.maxSize,
+      minFree: parsed.storage.minFree,
       highWatermark: parsed.storage.highWatermark,
       lowWatermark: parsed.storage.lowWatermark,
     },
@@ -519,9 +711,22 @@ export function buildConfig(
       maxQueued: parsed.downloads.maxQueued,
       queueTimeoutMs: parsed.downloads.queueTimeout,
       abandonAfterMs: parsed.downloads.abandonAfter,
+      maxBlobSize: parsed.downloads.maxBlobSize,
+    },
+    trustedProxies: parsed.trustedProxies.map((p) => p.trim()),
+    events: {
+      file: parsed.events.file,
+      webhook: webhook && {
+        url: webhook.url, headers: webhook.headers, batchSize: webhook.batchSize, queueSize: webhook.queueSize,
+        flushIntervalMs: webhook.flushInterval, timeoutMs: webhook.timeout, backoffMs: webhook.backoff, maxBackoffMs: webhook.maxBackoff,
+      },
     },
   };
   return deepFreeze(config);
+}
+
+function ttlRuleConfig(rule: z.output<typeof ttlRuleSchema>): TtlRuleConfig {
+  return { repository: rule.repository, tag: rule.tag, tagRegex: rule.tagRegex, ttlMs: rule.ttl! };
 }
 
 function deepFreeze<T>(value: T): T {

@@ -7,6 +7,8 @@ import type { BlobStore } from './cache/blob-store.js';
 import { openStorage } from './cache/open-store.js';
 import { Evictor } from './cache/eviction.js';
 import { CacheIndex } from './cache/index.js';
+import { adoptStored } from './cache/index-recovery.js';
+import { sharedBucketEviction } from './cache/shared-eviction.js';
 import type { Config } from './config.js';
 import { DigestVerifier } from './oci/digest.js';
 import { parseDigest } from './oci/reference.js';
@@ -58,9 +60,9 @@ export async function verifyCache(cache: Cache, onProgress?: (digest: string) =>
     }
     seen.add(digest.value);
     if (!cache.index.isIndexed(digest.value)) {
-      // Verified content the index lost track of (a crash between rename and insert): keep it.
-      cache.index.putBlob(digest.value, object.size, Date.now());
-      report.adopted.push(digest.value);
+      // Verified content the index lost track of (a crash between rename and insert): keep it,
+      // a manifest as a manifest.
+      if (await adoptStored(cache.store, cache.index, digest, object.size, Date.now())) report.adopted.push(digest.value);
     }
   }
   for (const entry of cache.index.allIndexedDigests()) {
@@ -82,7 +84,9 @@ export async function gcCache(cache: Cache, config: Config, targetBytes?: number
       missing++;
     }
   }
-  const evictor = new Evictor(cache.store, cache.index, config.storage, logger, () => Date.now());
+  // On a shared bucket: the whole bucket, keeping what every replica published it needs.
+  const shared = sharedBucketEviction('gc', config, { store: cache.store, index: cache.index, logger, now: () => Date.now(), inUse: () => [] });
+  const evictor = new Evictor(cache.store, cache.index, config.storage, logger, () => Date.now(), undefined, undefined, shared);
   const result = await evictor.evict(targetBytes);
   return { ...result, missingRemoved: missing };
 }

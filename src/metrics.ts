@@ -6,6 +6,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 export class MirrorMetrics {
   readonly registry = new Registry();
   private readonly requestCounters = new Map<string, { inc(): void }>();
+  private readonly savingCounters = new Map<string, { bytes: { inc(n: number): void }; pulls: { inc(n: number): void } }>();
 
   /**
    * Gauges read at scrape time from the mirror's own state (cache size and objects, each
@@ -44,6 +45,18 @@ export class MirrorMetrics {
     child.inc();
   }
 
+  /** What an answer saved the upstream (per request, so the labelled children are cached too). */
+  countSaving(upstream: string, reason: string, bytes: number, pulls: number): void {
+    const key = `${upstream} ${reason}`;
+    let child = this.savingCounters.get(key);
+    if (!child) {
+      child = { bytes: this.savedBytes.labels(upstream, reason), pulls: this.savedPulls.labels(upstream, reason) };
+      this.savingCounters.set(key, child);
+    }
+    if (bytes > 0) child.bytes.inc(bytes);
+    if (pulls > 0) child.pulls.inc(pulls);
+  }
+
   readonly requests = this.counter('mirror_http_requests_total', 'Requests answered, by route, status and cache outcome', ['route', 'status', 'outcome']);
   readonly bytesServed = this.counter('mirror_bytes_served_total', 'Body bytes sent to clients, by where they came from (cache or upstream download)', ['source']);
   readonly upstreamRequests = this.counter('mirror_upstream_requests_total', 'Requests sent to upstream registries, by upstream, kind and status', ['upstream', 'kind', 'status']);
@@ -61,7 +74,19 @@ export class MirrorMetrics {
   readonly digestMismatches = this.counter('mirror_digest_mismatches_total', 'Upstream content refused because it did not match its digest', ['upstream']);
   readonly evictions = this.counter('mirror_evictions_total', 'Objects evicted from the cache (least recently used first)');
   readonly evictedBytes = this.counter('mirror_evicted_bytes_total', 'Bytes evicted from the cache');
-  readonly rateLimitRemaining = this.gauge('mirror_upstream_ratelimit_remaining', 'The last ratelimit-remaining an upstream reported', ['upstream']);
+  readonly evictionLeaseHeld = this.gauge('mirror_eviction_lease_held', 'Shared bucket: 1 while this replica holds the eviction lease (it evicts for all replicas)');
+  readonly evictionSkipped = this.counter('mirror_eviction_skipped_total', 'Shared bucket: eviction checks left to the replica holding the eviction lease');
+  readonly rateLimitRemaining = this.gauge(
+    'mirror_upstream_ratelimit_remaining',
+    'The last ratelimit-remaining an upstream reported, per credential (its name, or anonymous), while its window lasts',
+    ['upstream', 'credential'],
+  );
+  readonly savedBytes = this.counter('mirror_saved_bytes_total', 'Blob bytes served without downloading them from the upstream (from the cache, or joining another client\'s download), by upstream and reason', ['upstream', 'reason']);
+  readonly savedPulls = this.counter('mirror_saved_pulls_total', 'Image pulls (their first manifest GET) answered without a manifest GET upstream, by upstream and reason', ['upstream', 'reason']);
+  readonly eventsSent = this.counter('mirror_events_sent_total', 'Pull events delivered, by sink (file, webhook)', ['sink']);
+  readonly eventsDropped = this.counter('mirror_events_dropped_total', 'Pull events given up on, by sink and reason (queue-full, rejected, shutdown)', ['sink', 'reason']);
+  readonly eventsFailed = this.counter('mirror_events_failed_total', 'Failed deliveries of pull events (a webhook POST or a file write that did not succeed; retried)', ['sink']);
+  readonly eventsQueued = this.gauge('mirror_events_queued', 'Pull events waiting for delivery, by sink', ['sink']);
 
   private counter<L extends string = never>(name: string, help: string, labelNames: readonly L[] = []): Counter<L> {
     return new Counter<L>({ name, help, labelNames, registers: [this.registry] });

@@ -7,18 +7,22 @@
 //   core/repository-access.ts  which repository may be served which digest
 //   core/catalog-service.ts    /v2/_catalog from the index
 //   core/manifest-as-blob.ts   a manifest digest asked for as a blob
+//   core/referrers-service.ts  /referrers/: the upstream's API or tag schema, and what the mirror holds
 
 import { unlink } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { BlobStore } from './cache/blob-store.js';
 import { DownloadLimiter } from './cache/download-limiter.js';
 import { Downloads } from './cache/downloads.js';
 import { Evictor } from './cache/eviction.js';
-import { CacheIndex } from './cache/index.js';
+import { JournaledStore, type CommitJournal } from './cache/commit-journal.js';
+import type { CacheIndex } from './cache/index.js';
+import { openIndex, reconcileDigest, startIndexRebuild, type IndexRebuild } from './cache/index-recovery.js';
 import { ManifestCache } from './cache/manifest-cache.js';
 import { openStorage } from './cache/open-store.js';
+import { DiskSpace } from './cache/space-reservation.js';
 import type { ScratchSpace } from './cache/scratch.js';
+import { sharedBucketEviction, type SharedBucketEviction } from './cache/shared-eviction.js';
 import { TagCache } from './cache/tag-cache.js';
 import { systemClock, type Clock } from './clock.js';
 import { Peers } from './cluster/peer-source.js';
@@ -28,6 +32,7 @@ import { CatalogService, type CatalogPage } from './core/catalog-service.js';
 import { ClientMissBudget } from './core/client-budget.js';
 import { blobOrManifest } from './core/manifest-as-blob.js';
 import { ManifestService } from './core/manifest-service.js';
+import { ReferrersService, type ReferrersResult } from './core/referrers-service.js';
 import { RepositoryAccess } from './core/repository-access.js';
 import type { BlobResult, ManifestResult, TagList } from './core/results.js';
 import { TagListService, type TagPageRequest } from './core/tag-list-service.js';
@@ -42,6 +47,8 @@ export interface MirrorOptions {
   logger: Logger;
   clock?: Clock;
   metrics?: MirrorMetrics;
+  /** A one-shot command (prewarm, export, import), not a server: on a shared bucket it leaves eviction to the replicas. */
+  oneShot?: boolean;
 }
 
 /** Access times are batched in memory and written this often. */
@@ -58,13 +65,19 @@ interface MirrorParts {
   store: BlobStore;
   scratch: ScratchSpace;
   index: CacheIndex;
+  /** What this process is committing, until the index holds it (cache/commit-journal.ts). */
+  journal: CommitJournal;
+  /** The index being rebuilt from the store (it was damaged or missing). */
+  rebuild: IndexRebuild | undefined;
   downloads: Downloads;
   evictor: Evictor;
   manifests: ManifestService;
   blobs: BlobService;
   tagLists: TagListService;
   catalog: CatalogService;
+  referrers: ReferrersService;
   peers: Peers | undefined;
+  shared: SharedBucketEviction | undefined;
 }
 
 /** The mirror as the server and the CLI see it: its parts, and the calls a pull makes. */
@@ -90,7 +103,10 @@ export class Mirror {
       config: this.config, logger: this.logger, clock: this.clock, metrics: this.metrics, selector: this.selector,
       upstreams: this.upstreams, store: this.store, scratch: this.scratch, index: this.index, downloads: this.downloads, evictor: this.evictor,
     } = parts);
-    this.flushTimer = setInterval(() => this.flushIndex(), ACCESS_FLUSH_MS);
+    this.flushTimer = setInterval(() => {
+      this.flushIndex();
+      void this.settleJournal();
+    }, ACCESS_FLUSH_MS);
     this.flushTimer.unref();
   }
 
@@ -115,6 +131,11 @@ export class Mirror {
     return this.parts.tagLists.list(route, clientName, page, options.client);
   }
 
+  /** The manifests that refer to `subject` (signatures, SBOMs, attestations), unfiltered and unpaged. */
+  referrers(route: Route, subject: Digest, options: { client?: string } = {}): Promise<ReferrersResult> {
+    return this.parts.referrers.list(route, subject, options.client);
+  }
+
   /** The repositories the mirror holds, as clients name them (GET /v2/_catalog). */
   catalog(n: number | undefined, last: string | undefined): CatalogPage {
     return this.parts.catalog.list(n, last);
@@ -130,6 +151,26 @@ export class Mirror {
       this.index.flushAccessTimes();
     } catch (err) {
       this.logger.error({ err: (err as Error).message }, 'could not write access times to the index; keeping them for the next try');
+    }
+  }
+
+  /**
+   * Reconcile what was committed since the last settle with the index: rows the index refused
+   * are written now (eviction sees the files), rows whose files vanished are dropped. Failures
+   * (the index still refusing) are logged and retried at the next tick.
+   */
+  async settleJournal(): Promise<void> {
+    const { journal } = this.parts;
+    try {
+      await journal.settle(
+        async (digest, unchanged) => {
+          const { adopted } = await reconcileDigest(this.store, this.index, digest, this.clock.now(), unchanged);
+          if (adopted !== undefined) this.evictor.added(adopted);
+        },
+        () => this.index.checkpoint(),
+      );
+    } catch (err) {
+      this.logger.error({ pending: journal.pendingCount, err: (err as Error).message }, 'could not record committed content in the index; keeping it for the next try');
     }
   }
 
@@ -149,10 +190,18 @@ export class Mirror {
   async close(): Promise<void> {
     clearInterval(this.flushTimer);
     this.flushIndex();
+    this.parts.rebuild?.abort();
     this.downloads.abortAll('mirror shutting down');
-    await this.downloads.settled();
-    await Promise.all([this.upstreams.close(), this.parts.peers?.close()]);
-    this.index.close();
+    await Promise.all([this.downloads.settled(), this.parts.rebuild?.done]);
+    await this.settleJournal();
+    await Promise.all([this.upstreams.close(), this.parts.peers?.close(), this.parts.shared?.close()]);
+    try {
+      this.index.close();
+    } catch (err) {
+      this.logger.error({ err: (err as Error).message }, 'could not write the last access times to the index');
+    }
+    // Removed only when everything committed is in the index: otherwise the next start reconciles it.
+    await this.parts.journal.close();
   }
 }
 
@@ -161,20 +210,30 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   const { config, logger } = options;
   const clock = options.clock ?? systemClock;
   const metrics = options.metrics ?? new MirrorMetrics();
-  const { store, scratch, sweptTempFiles } = await openStorage(config, { sweep: true });
+  const storage = await openStorage(config, { sweep: true });
+  const { scratch, sweptTempFiles } = storage;
   if (sweptTempFiles > 0) logger.info({ sweptTempFiles }, 'removed unfinished downloads left by an earlier run');
+  const { index, journal, needsRebuild } = await openIndex(config.storage.path, storage.store, { logger, now: () => clock.now() });
+  // Every commit is journalled first: a crash between a commit and its index row is repaired at the next start.
+  const store = new JournaledStore(storage.store, journal);
 
   const registries = config.upstreams.map((u) => new UpstreamRegistry(u));
   const fallback = registries.find((u) => u.name === config.defaultUpstream) ?? registries[0];
   if (!fallback) throw new Error('no upstream configured');
   const selector = new UpstreamSelector(registries, fallback);
   const upstreams = new Upstreams(registries, config, { clock, logger, metrics });
-  const index = new CacheIndex(join(config.storage.path, 'index.db'));
-  const recordAccess = (digest: string) => index.recordAccess(digest, clock.now());
+  // On a bucket shared by replicas, eviction is coordinated through the bucket (cache/shared-eviction.ts).
+  let blobs: BlobService | undefined;
+  const shared = sharedBucketEviction(options.oneShot ? 'one-shot' : 'replica', config, {
+    store: storage.store, index, logger, metrics, now: () => clock.now(), inUse: () => blobs?.inUse() ?? [],
+  });
+  const recordAccess = (digest: string) => {
+    index.recordAccess(digest, clock.now());
+    shared?.noteUse(digest);
+  };
 
   // Eviction needs to know what is busy and to drop in-memory copies: it is told through
   // callbacks, since those parts are built after it.
-  let blobs: BlobService | undefined;
   const tags = new TagCache(index, logger);
   let manifestCache: ManifestCache | undefined;
   const evictor = new Evictor(
@@ -186,7 +245,11 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
       metrics.evictions.inc();
       metrics.evictedBytes.inc(size);
     },
+    shared,
   );
+  const rebuild = needsRebuild
+    ? startIndexRebuild(config.storage.path, store, index, { logger, now: () => clock.now(), onAdopted: (bytes) => evictor.added(bytes) })
+    : undefined;
   manifestCache = new ManifestCache(store, index, { clock, logger, onAdded: (bytes) => evictor.added(bytes) });
   const limiter = new DownloadLimiter(config.downloads, () => metrics.downloadsRefused.inc());
   const downloads = new Downloads({ store, scratch }, {
@@ -199,6 +262,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     logger,
     onCommitted: (digest, size) => {
       index.putBlob(digest.value, size, clock.now());
+      shared?.noteUse(digest.value);
       evictor.added(size);
     },
   });
@@ -206,11 +270,28 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   const budget = new ClientMissBudget(config.clientMisses.perMinute, clock);
   const peers = config.cluster ? new Peers(config.cluster, config.timeouts, logger, clock) : undefined;
   blobs = new BlobService({
-    offline: config.offline, storagePath: config.storage.path, store, scratch, downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
+    offline: config.offline, storagePath: config.storage.path, store, space: new DiskSpace(scratch.dir, config.storage.minFree), downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
+    // A row whose file vanished (deleted behind the mirror's back) is dropped by the next settle, unless refetched first.
+    noteMissing: (digest) => {
+      try {
+        if (index.isIndexed(digest)) journal.suspect(digest);
+      } catch {
+        // the index cannot be read now: the next read of the digest notices again
+      }
+    },
+    descriptorSize: (digest) => {
+      try {
+        return index.descriptorSize(digest);
+      } catch {
+        return undefined; // the index failing: the configured cap still bounds the download
+      }
+    },
+    maxBlobSize: config.downloads.maxBlobSize,
   });
   const manifests = new ManifestService({ config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, budget, recordAccess });
   const tagLists = new TagListService(index, upstreams, config.offline, budget);
   const catalog = new CatalogService(index, registries.map((r) => r.name), fallback.name);
+  const referrers = new ReferrersService({ offline: config.offline, index, manifests, upstreams, budget, metrics, logger, clock });
 
   metrics.observe({
     cacheBytes: () => evictor.usageBytes,
@@ -221,7 +302,8 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     breakers: () => upstreams.all().map((c) => ({ upstream: c.registry.name, state: c.breaker.state })),
     downloadSlots: () => ({ active: limiter.active, queued: limiter.queued }),
   });
+  shared?.start(() => evictor.check());
   return new Mirror({
-    config, logger, clock, metrics, selector, upstreams, store, scratch, index, downloads, evictor, manifests, blobs, tagLists, catalog, peers,
+    config, logger, clock, metrics, selector, upstreams, store, scratch, index, journal, rebuild, downloads, evictor, manifests, blobs, tagLists, catalog, referrers, peers, shared,
   });
 }

@@ -8,6 +8,9 @@ const SIZE_UNITS: Record<string, number> = {
 };
 
 /** Milliseconds, or undefined when the text is not a duration. */
+/** A day in milliseconds (daily counters are kept per UTC day: days since the epoch). */
+export const DAY_MS = 86_400_000;
+
 export function parseDuration(input: string | number): number | undefined {
   if (typeof input === 'number') return Number.isFinite(input) && input >= 0 ? input * 1000 : undefined;
   const text = input.trim().toLowerCase();

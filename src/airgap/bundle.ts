@@ -2,7 +2,10 @@
 // (https://github.com/opencontainers/image-spec/blob/main/image-layout.md):
 //   oci-layout, index.json (one entry per reference, annotated with the full reference),
 //   blobs/sha256/<hex> for every manifest, config and layer of the chosen platforms.
-// Import verifies every digest before anything becomes visible; a bad bundle leaves nothing behind.
+// With referrers, each image's supply chain travels as more references: its `sha256-<hex>`
+// indexes (every referrer under them is required, blobs and all) and cosign's `.sig`/`.att`/
+// `.sbom` tags. Import verifies every digest before anything becomes visible; a bad or
+// incomplete bundle leaves nothing behind.
 
 import { createReadStream, createWriteStream } from 'node:fs';
 import { rename, unlink } from 'node:fs/promises';
@@ -10,9 +13,10 @@ import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import type { Mirror } from '../mirror.js';
 import { DigestVerifier } from '../oci/digest.js';
-import { childDigests, parseManifest, type Platform } from '../oci/manifest.js';
+import { childDescriptors, childDigests, parseManifest, type Platform } from '../oci/manifest.js';
 import { MediaType } from '../oci/media-types.js';
 import { parseDigest } from '../oci/reference.js';
+import { isReferrersTag, referrerFactsOf } from '../oci/referrers.js';
 import { prewarmOne } from './prewarm.js';
 import { resolveImage, routeReference } from './resolve.js';
 
@@ -25,18 +29,23 @@ export class BundleError extends Error {
 interface Entry {
   digest: string;
   size: number;
+  /** A manifest's bytes, when at hand (a built `sha256-<hex>` index is in no store). */
+  bytes?: Buffer;
 }
 
 export async function exportBundle(
   mirror: Mirror,
   references: string[],
-  options: { platforms: Platform[] | undefined; output: string },
-): Promise<{ references: string[]; blobs: number; bytes: number }> {
+  options: { platforms: Platform[] | undefined; output: string; referrers: boolean },
+): Promise<{ references: string[]; blobs: number; bytes: number; referrers: number; dangling: string[] }> {
   const entries = new Map<string, Entry>();
   const manifests: { mediaType: string; digest: string; size: number; annotations: Record<string, string> }[] = [];
+  const named = new Set<string>();
+  let referrers = 0;
+  const dangling: string[] = [];
   for (const input of references) {
     // Fetch whatever is not cached yet, through the core (fails here if the upstream is unreachable).
-    const warmed = await prewarmOne(mirror, input, { platforms: options.platforms, pin: false });
+    const warmed = await prewarmOne(mirror, input, { platforms: options.platforms, pin: false, referrers: options.referrers });
     if (!warmed.ok) throw new BundleError(`cannot export ${input}: ${warmed.error}`);
     const resolved = await resolveImage(mirror, input, options.platforms);
     entries.set(resolved.top.digest, { digest: resolved.top.digest, size: resolved.top.bytes.length });
@@ -44,12 +53,21 @@ export async function exportBundle(
       entries.set(image.digest, { digest: image.digest, size: image.bytes.length });
       for (const b of image.blobs) entries.set(b.digest, { digest: b.digest, size: b.size });
     }
-    manifests.push({
-      mediaType: resolved.top.mediaType,
-      digest: resolved.top.digest,
-      size: resolved.top.bytes.length,
-      annotations: { [REF_NAME_ANNOTATION]: resolved.canonical },
-    });
+    const reference = (name: string, m: { mediaType: string; digest: string; size: number }) => {
+      if (named.has(name)) return;
+      named.add(name);
+      manifests.push({ mediaType: m.mediaType, digest: m.digest, size: m.size, annotations: { [REF_NAME_ANNOTATION]: name } });
+    };
+    reference(resolved.canonical, { mediaType: resolved.top.mediaType, digest: resolved.top.digest, size: resolved.top.bytes.length });
+    const chain = warmed.chain;
+    if (chain) {
+      for (const m of chain.manifests.values()) entries.set(m.digest, { digest: m.digest, size: m.bytes.length, bytes: m.bytes });
+      for (const [digest, size] of chain.blobs) entries.set(digest, { digest, size });
+      const { upstream, repository } = resolved.route;
+      for (const t of chain.tags) reference(`${upstream.name}/${repository}:${t.tag}`, { mediaType: t.mediaType, digest: t.digest, size: t.bytes.length });
+      referrers += warmed.referrers;
+      dangling.push(...warmed.dangling);
+    }
   }
   const pack = tar.pack();
   const temp = `${options.output}.partial-${process.pid}`;
@@ -61,6 +79,11 @@ export async function exportBundle(
     await add('oci-layout', Buffer.from(JSON.stringify({ imageLayoutVersion: '1.0.0' })));
     for (const entry of entries.values()) {
       const digest = parseDigest(entry.digest);
+      if (entry.bytes) {
+        await add(`blobs/${digest.algorithm}/${digest.hex}`, entry.bytes);
+        bytes += entry.bytes.length;
+        continue;
+      }
       const stat = await mirror.store.stat(digest);
       if (!stat) throw new BundleError(`${entry.digest} is not in the cache`);
       await new Promise<void>((resolve, reject) => {
@@ -81,7 +104,7 @@ export async function exportBundle(
     await unlink(temp).catch(() => undefined);
     throw err;
   }
-  return { references: manifests.map((m) => m.annotations[REF_NAME_ANNOTATION]!), blobs: entries.size, bytes };
+  return { references: manifests.map((m) => m.annotations[REF_NAME_ANNOTATION]!), blobs: entries.size, bytes, referrers, dangling };
 }
 
 interface Staged {
@@ -189,6 +212,10 @@ export async function importBundle(mirror: Mirror, path: string): Promise<Import
     };
     for (const ref of refs) {
       const closure = new Set<string>();
+      // Under a referrers tag (sha256-<hex>) every manifest is a referrer that must be there;
+      // under an image's tag, an index's children may be platforms that were not exported.
+      const { tag } = routeReference(mirror, ref.annotations![REF_NAME_ANNOTATION]!);
+      const childrenRequired = tag !== undefined && isReferrersTag(tag);
       const walk = async (digest: string, mediaType: string | undefined, optional: boolean): Promise<void> => {
         if (!staged.has(digest) && !(await mirror.store.stat(parseDigest(digest)))) {
           if (optional) return; // a platform that was not exported
@@ -199,7 +226,7 @@ export async function importBundle(mirror: Mirror, path: string): Promise<Import
         manifestTypes.set(digest, parsed.mediaType);
         closure.add(digest);
         if (parsed.isIndex) {
-          for (const child of parsed.manifests) await walk(child.digest, child.mediaType, true);
+          for (const child of parsed.manifests) await walk(child.digest, child.mediaType, !childrenRequired);
         } else {
           for (const d of childDigests(parsed)) {
             if (!staged.has(d) && !(await mirror.store.stat(parseDigest(d)))) throw new BundleError(`${d} (of ${digest}) is missing from the bundle`);
@@ -236,7 +263,7 @@ export async function importBundle(mirror: Mirror, path: string): Promise<Import
         if (mediaType) {
           const bytesOf = await mirror.store.read(parseDigest(digest));
           const parsed = parseManifest(bytesOf!, mediaType);
-          mirror.index.putManifest({ digest, mediaType, size: bytesOf!.length, children: childDigests(parsed) }, link, now);
+          mirror.index.putManifest({ digest, mediaType, size: bytesOf!.length, children: childDescriptors(parsed), referrer: referrerFactsOf(parsed) }, link, now);
         } else {
           const stat = await mirror.store.stat(parseDigest(digest));
           mirror.index.putBlob(digest, stat!.size, now);
@@ -246,7 +273,7 @@ export async function importBundle(mirror: Mirror, path: string): Promise<Import
       if (tag) {
         mirror.index.putTag({
           upstream: route.upstream.name, repo: route.repository, tag, accept: 'all', digest: ref.digest!, mediaType: manifestTypes.get(ref.digest!)!,
-          fetchedAt: now, checkedAt: now, expiresAt: now + route.upstream.ttlMs,
+          fetchedAt: now, checkedAt: now, expiresAt: now + route.upstream.ttlFor(route.repository, tag),
         });
         mirror.index.pin(route.upstream.name, route.repository, tag);
       }

@@ -1,8 +1,10 @@
-// `mirror prewarm`: fill the cache through the same core a client's pull uses, minus the socket.
+// `mirror prewarm`: fill the cache through the same core a client's pull uses, minus the socket;
+// with referrers (the default), each image's supply chain too (airgap/referrers.ts).
 
 import type { Mirror } from '../mirror.js';
 import type { Platform } from '../oci/manifest.js';
 import { parseDigest } from '../oci/reference.js';
+import { collectSupplyChain, referrerCount, subjectsOf, type SupplyChain } from './referrers.js';
 import { resolveImage } from './resolve.js';
 
 export interface PrewarmProgress {
@@ -22,19 +24,41 @@ export interface PrewarmResult {
   /** Bytes that had to come from the upstream. */
   fetchedBytes: number;
   ms: number;
+  /** Referrers (signatures, SBOMs, attestations) and cosign signatures carried with the image. */
+  referrers: number;
+  /** Referrers the upstream lists but does not have: left out. */
+  dangling: string[];
+  /** The supply chain fetched with the image (with referrers), for export. */
+  chain?: SupplyChain | undefined;
 }
 
-export async function prewarmOne(mirror: Mirror, input: string, options: { platforms: Platform[] | undefined; pin: boolean }, progress?: PrewarmProgress): Promise<PrewarmResult> {
+export interface PrewarmOptions {
+  platforms: Platform[] | undefined;
+  pin: boolean;
+  /** Also fetch every referrer of the image, recursively, and cosign's legacy tags. */
+  referrers: boolean;
+}
+
+export async function prewarmOne(mirror: Mirror, input: string, options: PrewarmOptions, progress?: PrewarmProgress): Promise<PrewarmResult> {
   const started = performance.now();
   let blobs = 0;
   let bytes = 0;
   let fetchedBytes = 0;
   let canonical = input;
+  let chain: SupplyChain | undefined;
+  const report = (ok: boolean, error?: string): PrewarmResult => ({
+    image: input, canonical, ok, ...(error === undefined ? {} : { error }), blobs, bytes, fetchedBytes, ms: performance.now() - started,
+    referrers: chain ? referrerCount(chain) : 0, dangling: chain?.dangling ?? [], chain,
+  });
   try {
     const resolved = await resolveImage(mirror, input, options.platforms);
     canonical = resolved.canonical;
     const unique = new Map<string, number>();
     for (const image of resolved.images) for (const b of image.blobs) unique.set(b.digest, b.size);
+    if (options.referrers) {
+      chain = await collectSupplyChain(mirror, resolved.route, subjectsOf(resolved));
+      for (const [digest, size] of chain.blobs) unique.set(digest, size);
+    }
     const total = [...unique.values()].reduce((a, b) => a + Math.max(0, b), 0);
     progress?.onStart(input, total);
     for (const [digest] of unique) {
@@ -45,19 +69,26 @@ export async function prewarmOne(mirror: Mirror, input: string, options: { platf
         progress?.onBytes(input, blob.size ?? 0);
         continue;
       }
-      // Drain the download: the stream ends only once the digest is verified and stored.
+      // Drain the download: the stream ends once the digest is verified; the commit follows.
       for await (const chunk of blob.open(0, undefined) as AsyncIterable<Buffer>) {
         bytes += chunk.length;
         fetchedBytes += chunk.length;
         progress?.onBytes(input, chunk.length);
       }
+      // Export reads the store right after: wait for the blob to be there.
+      await blob.stored;
     }
-    if (options.pin && resolved.tag) mirror.index.pin(resolved.route.upstream.name, resolved.route.repository, resolved.tag);
-    const result: PrewarmResult = { image: input, canonical, ok: true, blobs, bytes, fetchedBytes, ms: performance.now() - started };
+    if (options.pin) {
+      const { upstream, repository } = resolved.route;
+      if (resolved.tag) mirror.index.pin(upstream.name, repository, resolved.tag);
+      // cosign's tags and the upstream's sha256-<hex> indexes are tags too: kept like the image.
+      for (const t of chain?.tags ?? []) if (!t.synthesized) mirror.index.pin(upstream.name, repository, t.tag);
+    }
+    const result = report(true);
     progress?.onDone(input, result);
     return result;
   } catch (err) {
-    const result: PrewarmResult = { image: input, canonical, ok: false, error: (err as Error).message, blobs, bytes, fetchedBytes, ms: performance.now() - started };
+    const result = report(false, (err as Error).message);
     progress?.onDone(input, result);
     return result;
   }
@@ -66,7 +97,7 @@ export async function prewarmOne(mirror: Mirror, input: string, options: { platf
 export async function prewarm(
   mirror: Mirror,
   images: string[],
-  options: { platforms: Platform[] | undefined; pin: boolean; concurrency: number },
+  options: PrewarmOptions & { concurrency: number },
   progress?: PrewarmProgress,
 ): Promise<PrewarmResult[]> {
   const results: PrewarmResult[] = new Array(images.length);

@@ -26,4 +26,9 @@ export interface DownloadSource {
   segments?: number;
   /** Paces consumption when the upstream has a bandwidth cap. */
   throttle?(bytes: number): Promise<void>;
+  /**
+   * The most bytes the blob may have (its manifest descriptor's size, or the configured cap):
+   * a body without Content-Length is cut off past it, a larger Content-Length refused.
+   */
+  maxSize?: number;
 }

@@ -44,8 +44,8 @@ export interface DownloadOptions {
   segmentThreshold: number;
   /** The longest a download goes on once no client reads it. */
   writeTimeoutMs: number;
-  /** Cancelled sooner, after this long without a reader, unless worth finishing (0 = never sooner). */
-  abandonAfterMs: number;
+  /** Cancelled sooner, after this long without a reader, unless worth finishing (0 or none = never sooner). */
+  abandonAfterMs?: number;
   /** The global bound on downloads at once (none: unbounded). */
   limiter?: DownloadLimiter;
   /** Told of every download stopped because no client read it any more (a metric). */
@@ -143,6 +143,10 @@ export class BlobDownload extends EventEmitter {
           if (this.state !== 'running') {
             body.destroy();
             throw this.error ?? new Error('download aborted');
+          }
+          if (totalSize !== undefined && totalSize > (this.source.maxSize ?? Infinity)) {
+            body.destroy();
+            throw this.tooBig(totalSize);
           }
           if (this.totalSize === undefined) this.totalSize = totalSize;
           else if (totalSize !== undefined && totalSize !== this.totalSize) {
@@ -266,6 +270,7 @@ export class BlobDownload extends EventEmitter {
     if (this.totalSize !== undefined && this.written + length > this.totalSize) {
       throw new RegistryError('DIGEST_INVALID', 'upstream sent more bytes than it announced', { status: 502, detail: { digest: this.digest.value } });
     }
+    if (this.written + length > (this.source.maxSize ?? Infinity)) throw this.tooBig(this.written + length);
     await this.source.throttle?.(length);
     let position = this.written;
     let pending = chunks;
@@ -397,6 +402,14 @@ export class BlobDownload extends EventEmitter {
     throw firstFailure;
   }
 
+  /** The upstream's blob is larger than the bound (descriptor or cap): nothing of it is kept. */
+  private tooBig(size: number): RegistryError {
+    return new RegistryError('SIZE_INVALID', `upstream blob is larger (${size} bytes or more) than the ${this.source.maxSize} bytes it may have`, {
+      status: 502,
+      detail: { digest: this.digest.value, size, maxSize: this.source.maxSize },
+    });
+  }
+
   private fail(error: Error): void {
     if (this.state === 'failed') return;
     this.state = 'failed';
@@ -415,10 +428,10 @@ export class BlobDownload extends EventEmitter {
    * that follows the download, read from its temp file at the client's pace. While the
    * download commits (an S3 upload can take long) the verified temp file is still read;
    * undefined once it is gone (renamed into the store, or uploaded and removed): the store
-   * has the blob then. The reader keeps its own fd, so the rename or removal is fine.
+   * has the blob then. Done or failed: an error (read the store, or the failure). The reader keeps its own fd, so the rename or removal is fine.
    */
   createReader(start: number, end: number | undefined): Readable | undefined {
-    if ((this.state !== 'running' && this.state !== 'committing') || !this.tempPath) return undefined;
+    if ((this.state !== 'running' && this.state !== 'committing') || !this.tempPath) throw new Error('download is not running');
     let fd: number;
     try {
       fd = openSync(this.tempPath, 'r');
@@ -440,7 +453,7 @@ export class BlobDownload extends EventEmitter {
    */
   private startIdleTimer(): void {
     this.clearIdleTimer();
-    const { abandonAfterMs, writeTimeoutMs } = this.options;
+    const { abandonAfterMs = 0, writeTimeoutMs } = this.options;
     const early = abandonAfterMs > 0 && abandonAfterMs < writeTimeoutMs;
     this.idleTimer = setTimeout(() => {
       if (this.state !== 'running' || this.verified) return;
@@ -541,6 +554,11 @@ export class Downloads {
 
   get size(): number {
     return this.inFlight.size;
+  }
+
+  /** The digests being downloaded now. */
+  digests(): IterableIterator<string> {
+    return this.inFlight.keys();
   }
 
   /**

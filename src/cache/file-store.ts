@@ -3,7 +3,7 @@
 
 import { createReadStream, type ReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Digest } from '../oci/reference.js';
 import { ContentTooLarge, READ_CHUNK_BYTES, type BlobStore, type StoredObject } from './blob-store.js';
 import type { ScratchSpace } from './scratch.js';
@@ -59,11 +59,25 @@ export class FileBlobStore implements BlobStore {
     }
   }
 
-  /** Move a verified, fsynced temp file into place. Atomic: readers see all or nothing. */
+  /**
+   * Move a verified, fsynced temp file into place. Atomic: readers see all or nothing.
+   * Durable: the directory that received the name is synced (and so are the ones that
+   * received newly created directories), or a power loss could undo a commit that the
+   * index already records.
+   */
   async commit(tempPath: string, digest: Digest): Promise<void> {
     const target = this.pathOf(digest);
-    await mkdir(join(this.blobsDir, digest.algorithm, digest.hex.slice(0, 2)), { recursive: true });
+    const dir = dirname(target);
+    const created = await mkdir(dir, { recursive: true });
     await rename(tempPath, target);
+    await syncDirectory(dir);
+    // mkdir made `created` and everything below it down to `dir`: each one's entry is in its parent.
+    if (created !== undefined) {
+      for (let d = dirname(dir); ; d = dirname(d)) {
+        await syncDirectory(d);
+        if (d === dirname(created) || d === dirname(d)) break;
+      }
+    }
   }
 
   /** Store small verified content (manifests) in one go. */
@@ -109,5 +123,15 @@ export class FileBlobStore implements BlobStore {
         }
       }
     }
+  }
+}
+
+/** fsync a directory: the names created, renamed or removed in it are durable. */
+export async function syncDirectory(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }

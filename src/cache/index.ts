@@ -4,6 +4,7 @@
 // Every statement is prepared once; access times are batched, not written per request.
 
 import Database, { type Statement } from 'better-sqlite3';
+import { DAY_MS } from '../units.js';
 
 export interface TagRow {
   upstream: string;
@@ -36,6 +37,22 @@ export interface ManifestRow {
   size: number;
 }
 
+/** A stored manifest that refers to a subject: its descriptor's fields. */
+export interface ReferrerRow {
+  digest: string;
+  mediaType: string;
+  size: number;
+  artifactType: string | undefined;
+  annotations: Record<string, string> | undefined;
+}
+
+/** An upstream's referrers answer as stored: the descriptors (JSON) and until when they are trusted. */
+export interface ReferrerListRow {
+  descriptors: string;
+  checkedAt: number;
+  expiresAt: number;
+}
+
 // Each entry moves the schema one version up; user_version records how far we are.
 const MIGRATIONS: string[] = [
   `CREATE TABLE blobs (
@@ -66,7 +83,38 @@ const MIGRATIONS: string[] = [
    ) WITHOUT ROWID;
    CREATE INDEX blobs_by_access ON blobs (last_access);
    CREATE INDEX manifests_by_access ON manifests (last_access);`,
+  // 3: referrers (OCI 1.1). Which stored manifest refers to which subject (recorded when a
+  // manifest with a subject is stored), and the upstream's last referrers answer per
+  // repository and subject, for its TTL, for stale answers and for offline ones.
+  `CREATE TABLE referrers (
+     subject TEXT NOT NULL, referrer TEXT NOT NULL, artifact_type TEXT, annotations TEXT,
+     PRIMARY KEY (subject, referrer)
+   ) WITHOUT ROWID;
+   CREATE INDEX referrers_by_referrer ON referrers (referrer);
+   CREATE TABLE referrer_lists (
+     upstream TEXT NOT NULL, repo TEXT NOT NULL, subject TEXT NOT NULL, descriptors TEXT NOT NULL,
+     checked_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+     PRIMARY KEY (upstream, repo, subject)
+   ) WITHOUT ROWID;`,
+  // 4: the size a manifest's descriptor gives each reference: a download without Content-Length is bounded by it.
+  `ALTER TABLE refs ADD COLUMN size INTEGER;`,
+  // 5: what the mirror saved its upstreams, per UTC day (days since the epoch) and reason: the
+  // status page's chart, kept across restarts. A few rows a day; never pruned (a year is ~2k rows).
+  `CREATE TABLE saved_daily (
+     day INTEGER NOT NULL, upstream TEXT NOT NULL, reason TEXT NOT NULL, bytes INTEGER NOT NULL, pulls INTEGER NOT NULL,
+     PRIMARY KEY (day, upstream, reason)
+   ) WITHOUT ROWID;`,
 ];
+
+/** Upstream bytes and pulls a day's answers did not cost, for one upstream and one reason. */
+export interface DailySaving {
+  /** Days since the epoch, UTC. */
+  day: number;
+  upstream: string;
+  reason: string;
+  bytes: number;
+  pulls: number;
+}
 
 interface TagDbRow {
   upstream: string;
@@ -92,6 +140,7 @@ export class CacheIndex {
   private readonly pendingAccess = new Map<string, number>();
   private readonly pendingCounters = new Map<string, number>();
   private readonly pendingRepos = new Map<string, RepoActivity & { upstream: string; repo: string }>();
+  private readonly pendingSavings = new Map<string, DailySaving>();
   private readonly s: {
     getTag: Statement<[string, string, string, string], TagDbRow>;
     putTag: Statement<[string, string, string, string, string, string, number, number, number]>;
@@ -107,21 +156,39 @@ export class CacheIndex {
     deleteManifest: Statement<[string]>;
     hasLink: Statement<[string, string, string], { one: number }>;
     putLink: Statement<[string, string, string]>;
-    putRef: Statement<[string, string]>;
+    putRef: Statement<[string, string, number | null]>;
+    descriptorSize: Statement<[string], { size: number | null }>;
     touchBlob: Statement<[number, string]>;
     touchManifest: Statement<[number, string]>;
     addCounter: Statement<[string, number]>;
     addRepoStats: Statement<[string, string, number, number, number]>;
+    putReferrer: Statement<[string, string, string | null, string | null]>;
+    referrersOf: Statement<[string, string, string, number], { digest: string; media_type: string; size: number; artifact_type: string | null; annotations: string | null }>;
+    getReferrerList: Statement<[string, string, string], { descriptors: string; checked_at: number; expires_at: number }>;
+    putReferrerList: Statement<[string, string, string, string, number, number]>;
+    deleteReferrerList: Statement<[string, string, string]>;
+    addSaving: Statement<[number, string, string, number, number]>;
+    savedSince: Statement<[number], DailySaving>;
   };
 
   constructor(path: string) {
     this.db = new Database(path);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = NORMAL');
-    this.db.pragma('busy_timeout = 5000');
-    this.migrate();
+    try {
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.pragma('busy_timeout = 5000');
+      this.migrate();
+      this.s = this.prepare();
+    } catch (err) {
+      // Not a database, damaged, or too new: let the caller decide, without a dangling handle.
+      this.db.close();
+      throw err;
+    }
+  }
+
+  private prepare(): CacheIndex['s'] {
     const db = this.db;
-    this.s = {
+    return {
       getTag: db.prepare('SELECT * FROM tags WHERE upstream = ? AND repo = ? AND tag = ? AND accept = ?'),
       putTag: db.prepare(
         `INSERT INTO tags (upstream, repo, tag, accept, digest, media_type, fetched_at, checked_at, expires_at)
@@ -147,7 +214,8 @@ export class CacheIndex {
       deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
       hasLink: db.prepare('SELECT 1 AS one FROM links WHERE upstream = ? AND repo = ? AND digest = ?'),
       putLink: db.prepare('INSERT OR IGNORE INTO links (upstream, repo, digest) VALUES (?, ?, ?)'),
-      putRef: db.prepare('INSERT OR IGNORE INTO refs (parent, child) VALUES (?, ?)'),
+      putRef: db.prepare('INSERT INTO refs (parent, child, size) VALUES (?, ?, ?) ON CONFLICT (parent, child) DO UPDATE SET size = coalesce(excluded.size, size)'),
+      descriptorSize: db.prepare('SELECT max(size) AS size FROM refs WHERE child = ?'),
       touchBlob: db.prepare('UPDATE blobs SET last_access = max(last_access, ?) WHERE digest = ?'),
       touchManifest: db.prepare('UPDATE manifests SET last_access = max(last_access, ?) WHERE digest = ?'),
       addCounter: db.prepare('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value'),
@@ -156,7 +224,38 @@ export class CacheIndex {
          ON CONFLICT (upstream, repo) DO UPDATE SET pulls = pulls + excluded.pulls, bytes = bytes + excluded.bytes,
            last_pull = max(last_pull, excluded.last_pull)`,
       ),
+      putReferrer: db.prepare('INSERT OR REPLACE INTO referrers (subject, referrer, artifact_type, annotations) VALUES (?, ?, ?, ?)'),
+      // Only what is still stored, and only in a repository that may be served it (links).
+      referrersOf: db.prepare(
+        `SELECT r.referrer AS digest, m.media_type, m.size, r.artifact_type, r.annotations
+         FROM referrers r JOIN manifests m ON m.digest = r.referrer
+         WHERE r.subject = ? AND EXISTS (SELECT 1 FROM links l WHERE l.upstream = ? AND l.repo = ? AND l.digest = r.referrer)
+         ORDER BY r.referrer LIMIT ?`,
+      ),
+      getReferrerList: db.prepare('SELECT descriptors, checked_at, expires_at FROM referrer_lists WHERE upstream = ? AND repo = ? AND subject = ?'),
+      putReferrerList: db.prepare(
+        `INSERT INTO referrer_lists (upstream, repo, subject, descriptors, checked_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (upstream, repo, subject) DO UPDATE SET descriptors = excluded.descriptors,
+           checked_at = excluded.checked_at, expires_at = excluded.expires_at`,
+      ),
+      deleteReferrerList: db.prepare('DELETE FROM referrer_lists WHERE upstream = ? AND repo = ? AND subject = ?'),
+      addSaving: db.prepare(
+        `INSERT INTO saved_daily (day, upstream, reason, bytes, pulls) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (day, upstream, reason) DO UPDATE SET bytes = bytes + excluded.bytes, pulls = pulls + excluded.pulls`,
+      ),
+      savedSince: db.prepare('SELECT day, upstream, reason, bytes, pulls FROM saved_daily WHERE day >= ? ORDER BY day, upstream, reason'),
     };
+  }
+
+  /** SQLite's quick consistency check: undefined when sound, else what it found. */
+  quickCheck(): string | undefined {
+    const rows = this.db.pragma('quick_check') as { quick_check: string }[];
+    return rows.length === 1 && rows[0]!.quick_check === 'ok' ? undefined : rows.slice(0, 5).map((r) => r.quick_check).join('; ');
+  }
+
+  /** Make every committed transaction durable (WAL synced), e.g. before dropping a journal of them. */
+  checkpoint(): void {
+    this.db.pragma('wal_checkpoint(PASSIVE)');
   }
 
   private migrate(): void {
@@ -203,21 +302,36 @@ export class CacheIndex {
     return row ? { digest: row.digest, mediaType: row.media_type, size: row.size } : undefined;
   }
 
-  /** A manifest, its links and its references, in one transaction. */
+  /** A manifest, its links, its references and the subject it refers to (if any), in one transaction. */
   putManifest(
-    m: { digest: string; mediaType: string; size: number; children: string[] },
+    m: {
+      digest: string; mediaType: string; size: number; children: { digest: string; size: number | undefined }[];
+      referrer?: { subject: string; artifactType: string | undefined; annotations: Record<string, string> | undefined } | undefined;
+    },
     link: { upstream: string; repo: string } | undefined,
     now: number,
   ): void {
     this.db.transaction(() => {
       this.s.putManifest.run(m.digest, m.mediaType, m.size, now, now);
+      if (m.referrer) {
+        const { subject, artifactType, annotations } = m.referrer;
+        this.s.putReferrer.run(subject, m.digest, artifactType ?? null, annotations ? JSON.stringify(annotations) : null);
+      }
       if (link) this.s.putLink.run(link.upstream, link.repo, m.digest);
       for (const child of m.children) {
-        this.s.putRef.run(m.digest, child);
+        this.s.putRef.run(m.digest, child.digest, child.size ?? null);
         // The repository's own manifest says it contains these: it may be served them.
-        if (link) this.s.putLink.run(link.upstream, link.repo, child);
+        if (link) this.s.putLink.run(link.upstream, link.repo, child.digest);
       }
     })();
+  }
+
+  /**
+   * The size the stored manifests' descriptors give `digest` (the largest, when they differ:
+   * a manifest that understates a size must not make the real blob undownloadable).
+   */
+  descriptorSize(digest: string): number | undefined {
+    return this.s.descriptorSize.get(digest)?.size ?? undefined;
   }
 
   putBlob(digest: string, size: number, now: number): void {
@@ -244,6 +358,30 @@ export class CacheIndex {
     this.s.putLink.run(upstream, repo, digest);
   }
 
+  /** The stored manifests that refer to `subject` and are linked to the repository, in digest order. */
+  referrersOf(upstream: string, repo: string, subject: string, limit: number): ReferrerRow[] {
+    return this.s.referrersOf.all(subject, upstream, repo, limit).map((r) => ({
+      digest: r.digest,
+      mediaType: r.media_type,
+      size: r.size,
+      artifactType: r.artifact_type ?? undefined,
+      annotations: r.annotations ? (JSON.parse(r.annotations) as Record<string, string>) : undefined,
+    }));
+  }
+
+  getReferrerList(upstream: string, repo: string, subject: string): ReferrerListRow | undefined {
+    const row = this.s.getReferrerList.get(upstream, repo, subject);
+    return row ? { descriptors: row.descriptors, checkedAt: row.checked_at, expiresAt: row.expires_at } : undefined;
+  }
+
+  putReferrerList(upstream: string, repo: string, subject: string, list: ReferrerListRow): void {
+    this.s.putReferrerList.run(upstream, repo, subject, list.descriptors, list.checkedAt, list.expiresAt);
+  }
+
+  deleteReferrerList(upstream: string, repo: string, subject: string): void {
+    this.s.deleteReferrerList.run(upstream, repo, subject);
+  }
+
   /** Note an access; written in the next flush, not now. */
   recordAccess(digest: string, at: number): void {
     this.pendingAccess.set(digest, at);
@@ -262,8 +400,24 @@ export class CacheIndex {
     this.pendingRepos.set(key, r);
   }
 
+  /** Count what an answer saved the upstream, on the UTC day of `at`; flushed in batches. */
+  recordSaving(upstream: string, reason: string, bytes: number, pulls: number, at: number): void {
+    const day = Math.floor(at / DAY_MS);
+    const key = `${day}\u0000${upstream}\u0000${reason}`;
+    const s = this.pendingSavings.get(key);
+    if (s) {
+      s.bytes += bytes;
+      s.pulls += pulls;
+    } else this.pendingSavings.set(key, { day, upstream, reason, bytes, pulls });
+  }
+
+  /** The saved_daily rows from `firstDay` (days since the epoch) on, flushed ones only. */
+  savedSince(firstDay: number): DailySaving[] {
+    return this.s.savedSince.all(firstDay);
+  }
+
   flushAccessTimes(): number {
-    if (this.pendingAccess.size === 0 && this.pendingCounters.size === 0 && this.pendingRepos.size === 0) return 0;
+    if (this.pendingAccess.size === 0 && this.pendingCounters.size === 0 && this.pendingRepos.size === 0 && this.pendingSavings.size === 0) return 0;
     // One transaction; the batch is dropped only once it is written (a full disk or a busy
     // database leaves it for the next flush).
     this.db.transaction(() => {
@@ -273,11 +427,13 @@ export class CacheIndex {
       }
       for (const [name, value] of this.pendingCounters) this.s.addCounter.run(name, value);
       for (const r of this.pendingRepos.values()) this.s.addRepoStats.run(r.upstream, r.repo, r.pulls, r.bytes, r.lastPull);
+      for (const v of this.pendingSavings.values()) this.s.addSaving.run(v.day, v.upstream, v.reason, v.bytes, v.pulls);
     })();
     const written = this.pendingAccess.size;
     this.pendingAccess.clear();
     this.pendingCounters.clear();
     this.pendingRepos.clear();
+    this.pendingSavings.clear();
     return written;
   }
 
@@ -301,7 +457,10 @@ export class CacheIndex {
     yield* rows;
   }
 
-  /** Content that eviction must keep: pinned images and fresh tags' manifests, with everything they reference. */
+  /**
+   * Content that eviction must keep: pinned images and fresh tags' manifests, with everything
+   * they reference and the referrers (signatures, SBOMs) that refer to them.
+   */
   protectedDigests(now: number): Set<string> {
     const rows = this.db
       .prepare(
@@ -309,10 +468,24 @@ export class CacheIndex {
            SELECT t.digest FROM tags t JOIN pins p ON p.upstream = t.upstream AND p.repo = t.repo AND p.tag = t.tag
            UNION SELECT digest FROM tags WHERE expires_at > ?
            UNION SELECT r.child FROM refs r JOIN keep k ON r.parent = k.digest
+           UNION SELECT x.referrer FROM referrers x JOIN keep k ON x.subject = k.digest
          ) SELECT digest FROM keep`,
       )
       .all(now) as { digest: string }[];
     return new Set(rows.map((r) => r.digest));
+  }
+
+  /** Pinned images: their tags' manifests and everything those reference. */
+  pinnedDigests(): string[] {
+    const rows = this.db
+      .prepare(
+        `WITH RECURSIVE keep(digest) AS (
+           SELECT t.digest FROM tags t JOIN pins p ON p.upstream = t.upstream AND p.repo = t.repo AND p.tag = t.tag
+           UNION SELECT r.child FROM refs r JOIN keep k ON r.parent = k.digest
+         ) SELECT digest FROM keep`,
+      )
+      .all() as { digest: string }[];
+    return rows.map((r) => r.digest);
   }
 
   /** Forget an object (evicted or corrupt): its rows and the tags that point at it. */
@@ -321,6 +494,7 @@ export class CacheIndex {
       this.s.deleteBlob.run(digest);
       this.s.deleteManifest.run(digest);
       this.db.prepare('DELETE FROM tags WHERE digest = ?').run(digest);
+      this.db.prepare('DELETE FROM referrers WHERE referrer = ?').run(digest);
     })();
   }
 
@@ -378,7 +552,11 @@ export class CacheIndex {
   }
 
   close(): void {
-    this.flushAccessTimes();
-    this.db.close();
+    try {
+      this.flushAccessTimes();
+    } finally {
+      // Closed even when the last flush fails (a full disk): the batch is lost, the file is not.
+      this.db.close();
+    }
   }
 }

@@ -6,8 +6,9 @@ import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import { digestOf } from '../oci/digest.js';
-import { childDigests, MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from '../oci/manifest.js';
+import { childDescriptors, MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from '../oci/manifest.js';
 import { parseDigest, type Digest } from '../oci/reference.js';
+import { referrerFactsOf } from '../oci/referrers.js';
 import { ContentTooLarge, type BlobStore } from './blob-store.js';
 import type { CacheIndex } from './index.js';
 
@@ -40,8 +41,12 @@ export class ManifestCache {
       throw err;
     });
     if (!bytes) {
-      // Index and disk disagree: the disk wins.
-      this.index.deleteManifest(digest.value);
+      // Index and disk disagree: the disk wins (an index that cannot take the change now is told later).
+      try {
+        this.index.deleteManifest(digest.value);
+      } catch (err) {
+        this.deps.logger.error({ digest: digest.value, err: (err as Error).message }, 'could not drop the row of a vanished manifest from the index');
+      }
       return undefined;
     }
     const stored = { digest: row.digest, mediaType: row.mediaType, bytes };
@@ -63,7 +68,7 @@ export class ManifestCache {
       return false;
     }
     try {
-      this.index.putManifest({ digest, mediaType, size: bytes.length, children: childDigests(parsed) }, link, this.deps.clock.now());
+      this.index.putManifest({ digest, mediaType, size: bytes.length, children: childDescriptors(parsed), referrer: referrerFactsOf(parsed) }, link, this.deps.clock.now());
     } catch (err) {
       this.deps.logger.error({ digest, err: (err as Error).message }, 'could not index manifest; serving it uncached');
       return false;
@@ -93,7 +98,11 @@ export class ManifestCache {
     } catch {
       return undefined;
     }
-    this.index.putManifest({ digest: digest.value, mediaType: parsed.mediaType, size: bytes.length, children: childDigests(parsed) }, undefined, this.deps.clock.now());
+    this.index.putManifest(
+      { digest: digest.value, mediaType: parsed.mediaType, size: bytes.length, children: childDescriptors(parsed), referrer: referrerFactsOf(parsed) },
+      undefined,
+      this.deps.clock.now(),
+    );
     const stored = { digest: digest.value, mediaType: parsed.mediaType, bytes };
     this.hot.set(digest.value, stored);
     return stored;

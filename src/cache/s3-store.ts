@@ -1,7 +1,8 @@
 // The BlobStore on S3-compatible object storage (AWS S3, Ceph RGW, MinIO), for replicas that
 // share a bucket. Keys are content-addressed: <prefix>blobs/sha256/ab/<hex>. Downloads are
 // verified in a local temp file (each replica's scratch disk, scratch.ts) and only verified
-// content is uploaded.
+// content is uploaded. Beside blobs/, `<prefix>_mirror/` holds the few small objects the
+// replicas coordinate eviction through (conditional writes: If-None-Match / If-Match).
 
 import { createReadStream } from 'node:fs';
 import { unlink } from 'node:fs/promises';
@@ -20,15 +21,21 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import type { S3StoreOptions } from '../config.js';
 import { BodyTooLarge, readLimited } from '../http/body.js';
 import type { Digest } from '../oci/reference.js';
-import { ContentTooLarge, type BlobStore, type StoredObject } from './blob-store.js';
+import { ContentTooLarge, PreconditionFailed, type BlobStore, type ControlObjects, type StoredObject } from './blob-store.js';
 
 function notFound(err: unknown): boolean {
   if (err instanceof S3ServiceException) return err.$metadata.httpStatusCode === 404 || err.name === 'NotFound' || err.name === 'NoSuchKey';
   return false;
 }
 
+function preconditionFailed(err: unknown): boolean {
+  // 409 ConditionalRequestConflict: AWS's answer to a conditional write racing another.
+  return err instanceof S3ServiceException && (err.$metadata.httpStatusCode === 412 || err.$metadata.httpStatusCode === 409);
+}
+
 export class S3BlobStore implements BlobStore {
   readonly kind = 's3' as const;
+  readonly control: ControlObjects;
   private readonly client: S3Client;
 
   constructor(private readonly options: S3StoreOptions) {
@@ -41,6 +48,7 @@ export class S3BlobStore implements BlobStore {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
     });
+    this.control = this.controlObjects();
   }
 
   private key(digest: Digest): string {
@@ -130,7 +138,7 @@ export class S3BlobStore implements BlobStore {
       const page = await this.client.send(new ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: prefix, ContinuationToken: token }));
       for (const o of page.Contents ?? []) {
         const m = /blobs\/([a-z0-9]+)\/[a-f0-9]{2}\/([a-f0-9]+)$/.exec(o.Key ?? '');
-        if (m) yield { digest: `${m[1]}:${m[2]}`, size: o.Size ?? 0 };
+        if (m) yield { digest: `${m[1]}:${m[2]}`, size: o.Size ?? 0, modifiedAt: o.LastModified?.getTime() };
       }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
@@ -142,5 +150,60 @@ export class S3BlobStore implements BlobStore {
       expiresIn: Math.max(1, Math.round(this.options.redirectTtlMs / 1000)),
     });
   }
-}
 
+  private controlObjects(): ControlObjects {
+    const { bucket } = this.options;
+    const base = `${this.options.prefix}_mirror/`;
+    const client = this.client;
+    const unquoted = (etag: string | undefined) => (etag ?? '').replace(/"/g, '');
+    return {
+      async get(name, maxBytes) {
+        try {
+          const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: base + name }));
+          if ((res.ContentLength ?? 0) > maxBytes) {
+            (res.Body as Readable | undefined)?.destroy();
+            throw new Error(`${base + name} is ${res.ContentLength} bytes, more than the ${maxBytes} allowed`);
+          }
+          return { body: Buffer.from(await res.Body!.transformToByteArray()), etag: unquoted(res.ETag) };
+        } catch (err) {
+          if (notFound(err)) return undefined;
+          throw err;
+        }
+      },
+      async put(name, body, condition) {
+        const write = (conditionHeaders: { IfNoneMatch?: string; IfMatch?: string }) =>
+          client.send(new PutObjectCommand({ Bucket: bucket, Key: base + name, Body: body, ContentLength: body.length, ContentType: 'application/json', ...conditionHeaders }));
+        try {
+          if (!condition) return unquoted((await write({})).ETag);
+          if ('ifAbsent' in condition) return unquoted((await write({ IfNoneMatch: '*' })).ETag);
+          // Ceph RGW (16) matches If-Match only against the bare ETag, AWS and MinIO take both
+          // forms: a refusal of one form is tried once with the other (a real mismatch fails both).
+          try {
+            return unquoted((await write({ IfMatch: condition.ifEtag })).ETag);
+          } catch (err) {
+            if (!preconditionFailed(err)) throw err;
+            return unquoted((await write({ IfMatch: `"${condition.ifEtag}"` })).ETag);
+          }
+        } catch (err) {
+          if (preconditionFailed(err)) throw new PreconditionFailed(base + name);
+          throw err;
+        }
+      },
+      async delete(name) {
+        await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: base + name }));
+      },
+      async list(prefix) {
+        const out: { name: string; modifiedAt: number }[] = [];
+        let token: string | undefined;
+        do {
+          const page = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: base + prefix, ContinuationToken: token }));
+          for (const o of page.Contents ?? []) {
+            if (o.Key) out.push({ name: o.Key.slice(base.length), modifiedAt: o.LastModified?.getTime() ?? 0 });
+          }
+          token = page.IsTruncated ? page.NextContinuationToken : undefined;
+        } while (token);
+        return out;
+      },
+    };
+  }
+}

@@ -4,7 +4,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { mkdir, open, readdir, rm, statfs, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 
 export interface TempFile {
@@ -12,7 +12,8 @@ export interface TempFile {
   handle: FileHandle;
 }
 
-function isAlive(pid: number): boolean {
+/** Does process `pid` exist (temp files and journals are named after their process)? */
+export function isProcessAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -37,7 +38,7 @@ export class ScratchSpace {
     for (const name of await readdir(this.dir)) {
       // A live process's temp files (a prewarm, or a second server on the same storage) are still being written.
       const pid = Number(name.split('-')[0]);
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) continue;
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isProcessAlive(pid)) continue;
       await rm(join(this.dir, name), { force: true, recursive: true });
       swept++;
     }
@@ -49,17 +50,5 @@ export class ScratchSpace {
     // Exclusive: two writers never share a temp file.
     const handle = await open(path, fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_RDWR, 0o644);
     return { path, handle };
-  }
-
-  /** Is there room for `bytes` more (plus a margin) on the scratch disk? */
-  async hasSpaceFor(bytes: number): Promise<boolean> {
-    try {
-      const fs = await statfs(this.dir);
-      const free = fs.bavail * fs.bsize;
-      const margin = Math.min(64 * 1024 * 1024, fs.blocks * fs.bsize * 0.01);
-      return free - margin >= bytes;
-    } catch {
-      return true; // cannot tell: try, and let a write error decide
-    }
   }
 }

@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { READ_CHUNK_BYTES, type BlobStore } from '../cache/blob-store.js';
 import type { BlobDownload, Downloads } from '../cache/downloads.js';
-import type { ScratchSpace } from '../cache/scratch.js';
+import type { DiskSpace, Reservation } from '../cache/space-reservation.js';
 import type { Peers } from '../cluster/peer-source.js';
 import type { MirrorMetrics } from '../metrics.js';
 import { RegistryError } from '../oci/errors.js';
@@ -27,7 +27,8 @@ export interface BlobServiceDeps {
   offline: boolean;
   storagePath: string;
   store: BlobStore;
-  scratch: ScratchSpace;
+  /** Room on the download disk, reserved per download. */
+  space: DiskSpace;
   downloads: Downloads;
   access: RepositoryAccess;
   upstreams: Upstreams;
@@ -38,11 +39,23 @@ export interface BlobServiceDeps {
   budget: ClientMissBudget;
   /** Note an access for eviction's LRU (batched by the index). */
   recordAccess(digest: string): void;
+  /** The size a stored manifest's descriptor gives `digest`, when one does. */
+  descriptorSize(digest: string): number | undefined;
+  /** The bound on a blob whose size no descriptor gives (downloads.maxBlobSize). */
+  maxBlobSize: number;
+  /** The store has no file for `digest`: a row the index may still hold for it is checked soon. */
+  noteMissing(digest: string): void;
 }
 
 export class BlobService {
   /** Open store read streams per digest: content being served is never evicted. */
   private readonly serving = new Map<string, number>();
+  /**
+   * The (upstream, repository) each running download was started for. A client of that same
+   * repository joins it as it is: the upstream's answer to the download is the check (its
+   * link is written when the download commits). Bounded by the downloads in flight.
+   */
+  private readonly startedFor = new Map<string, string>();
 
   constructor(private readonly deps: BlobServiceDeps) {}
 
@@ -51,12 +64,18 @@ export class BlobService {
     return (this.serving.get(digest.value) ?? 0) > 0 || this.deps.downloads.get(digest) !== undefined;
   }
 
+  /** Every digest being read from the store or downloaded right now. */
+  inUse(): string[] {
+    return [...this.serving.keys(), ...this.deps.downloads.digests()];
+  }
+
   /** `client`: the address whose budget of upstream misses a miss spends (none: not counted). */
   async get(route: Route, digest: Digest, options: { fromPeer?: boolean; client?: string } = {}): Promise<BlobResult> {
     const { store, access, downloads, offline, budget } = this.deps;
     const stat = await store.stat(digest);
     if (stat) {
-      await access.ensureLinked(route, digest, 'blob');
+      // Stored by a download for this very repository that is still finishing its commit: its link comes with it.
+      if (!this.joinsOwnRepository(route, digest)) await access.ensureLinked(route, digest, 'blob');
       this.deps.recordAccess(digest.value);
       return {
         digest: digest.value,
@@ -66,12 +85,13 @@ export class BlobService {
         open: (start, end) => this.serveFromStore(digest, start, end),
       };
     }
+    this.deps.noteMissing(digest.value);
     if (offline) throw offlineMiss('BLOB_UNKNOWN', route, digest.value);
     let download = downloads.get(digest);
     let outcome: CacheOutcome = 'coalesced';
     if (download) {
       // Joining another repository's download: this repository must contain the blob too.
-      if (!access.isLinked(route, digest.value)) {
+      if (!this.joinsOwnRepository(route, digest) && !access.isLinked(route, digest.value)) {
         budget.charge(options.client);
         await access.confirmUpstreamHas(route, digest, 'blob');
       }
@@ -91,6 +111,7 @@ export class BlobService {
       size: download.totalSize,
       outcome,
       open: (start, end) => this.readDownload(download, digest, start, end),
+      stored: download.finished,
     };
   }
 
@@ -99,12 +120,12 @@ export class BlobService {
     const { store, access, downloads, offline, budget } = this.deps;
     const stat = await store.stat(digest);
     if (stat) {
-      await access.ensureLinked(route, digest, 'blob');
+      if (!this.joinsOwnRepository(route, digest)) await access.ensureLinked(route, digest, 'blob');
       return { digest: digest.value, size: stat.size, outcome: 'hit' };
     }
     if (offline) throw offlineMiss('BLOB_UNKNOWN', route, digest.value);
     const download = downloads.get(digest);
-    if (download && access.isLinked(route, digest.value)) {
+    if (download && (this.joinsOwnRepository(route, digest) || access.isLinked(route, digest.value))) {
       await download.ready;
       return { digest: digest.value, size: download.totalSize, outcome: 'coalesced' };
     }
@@ -115,25 +136,46 @@ export class BlobService {
 
   /** The one download of `digest`, from the replica that owns it or from the upstream. */
   private startDownload(route: Route, digest: Digest, fromPeer: boolean): BlobDownload {
-    const { downloads, peers, upstreams, scratch, access, metrics } = this.deps;
+    const { downloads, peers, upstreams, space, access, metrics } = this.deps;
+    const described = this.deps.descriptorSize(digest.value);
+    // The download (and a pass-through) never takes more than this, whatever the upstream sends.
+    const maxSize = described ?? this.deps.maxBlobSize;
+    let download: BlobDownload | undefined;
+    let reservation: Reservation | undefined;
     const fromUpstream = upstreamBlobSource(upstreams, route, digest, {
       admit: async (response, totalSize) => {
-        if (totalSize !== undefined && !(await scratch.hasSpaceFor(totalSize))) throw new NoRoomForBlob(response, totalSize);
+        const expected = totalSize ?? described;
+        // Larger than it may be: the download refuses it as soon as admitted. Size unknown: the writes will tell.
+        if (expected === undefined || expected > maxSize) return;
+        // The room is taken before the first byte: concurrent downloads cannot all count on the same free space.
+        reservation = await space.tryReserve(expected, () => download?.written ?? 0);
+        if (!reservation) throw new NoRoomForBlob(response, totalSize, maxSize);
       },
     });
     // A peer's request is never forwarded again: the owner downloads it itself.
     const owner = fromPeer ? undefined : peers?.ownerOf(digest);
+    const source = owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream;
     // A peer's request is not limited again: the replica that forwarded it holds a slot for it
     // (and two replicas waiting on each other's slots could otherwise stall until the queue times out).
-    const download = downloads.start(digest, owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream, { limited: !fromPeer });
+    download = downloads.start(digest, { ...source, maxSize }, { limited: !fromPeer });
     metrics.downloadsInFlight.inc();
+    this.startedFor.set(digest.value, repositoryKey(route));
     void download.finished
       .then(() => access.link(route, digest.value))
       .catch((err: unknown) => {
         if (err instanceof RegistryError && err.code === 'DIGEST_INVALID' && err.status >= 500) metrics.digestMismatches.inc({ upstream: route.upstream.name });
       })
-      .finally(() => metrics.downloadsInFlight.dec());
+      .finally(() => {
+        // Committed, failed or aborted: what it holds is on disk now, or free again.
+        reservation?.release();
+        metrics.downloadsInFlight.dec();
+        this.startedFor.delete(digest.value);
+      });
     return download;
+  }
+
+  private joinsOwnRepository(route: Route, digest: Digest): boolean {
+    return this.startedFor.get(digest.value) === repositoryKey(route);
   }
 
   private serveFromStore(digest: Digest, start: number, end: number | undefined): Readable {
@@ -172,3 +214,5 @@ export class BlobService {
     return out;
   }
 }
+
+const repositoryKey = (route: Route) => `${route.upstream.name}\u0000${route.repository}`;

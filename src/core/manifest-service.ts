@@ -1,7 +1,8 @@
 // Manifests for a routed request. By digest they are immutable: served from the store
 // once there, fetched (and verified) once otherwise. By tag they are trusted for the
 // upstream's TTL, then revalidated with a HEAD (free on Docker Hub's pull limit); when the
-// upstream cannot answer, the stale manifest is served (stale-if-error) and counted.
+// upstream cannot answer, the stale manifest is served (stale-if-error) and counted. An
+// upstream 404 is remembered for a short while (negative-cache.ts).
 
 import type { Logger } from 'pino';
 import { expiryFrom, tagFreshness } from '../cache/freshness.js';
@@ -24,9 +25,10 @@ import type { Route } from '../upstream/selector.js';
 import { isUpstreamTrouble, upstreamError } from '../upstream/status-errors.js';
 import type { Upstreams } from '../upstream/upstreams.js';
 import type { ClientMissBudget } from './client-budget.js';
+import { NegativeCache } from './negative-cache.js';
 import { offlineMiss } from './offline.js';
 import type { RepositoryAccess } from './repository-access.js';
-import type { ManifestResult } from './results.js';
+import { staleWarning, type ManifestResult } from './results.js';
 import { SingleFlight } from './single-flight.js';
 
 /** Why a stale tag was served (a metric label: a few fixed values). */
@@ -54,10 +56,13 @@ export interface ManifestServiceDeps {
 
 export class ManifestService {
   private readonly flights = new SingleFlight();
+  /** Upstream 404s, answered again for the upstream's negativeTtl. */
+  private readonly negatives: NegativeCache;
   /** Per upstream: revalidations are bounded in rate, not only made cheap. */
   private readonly revalidationBudget = new Map<string, TokenBucket>();
 
   constructor(private readonly deps: ManifestServiceDeps) {
+    this.negatives = new NegativeCache(deps.clock);
     const { perSecond, burst } = deps.config.revalidation;
     for (const client of deps.upstreams.all()) {
       this.revalidationBudget.set(client.registry.name, new TokenBucket(perSecond, burst, deps.clock));
@@ -78,6 +83,8 @@ export class ManifestService {
       return { ...stored, outcome: 'hit' };
     }
     if (config.offline) throw offlineMiss('MANIFEST_UNKNOWN', route, digest.value);
+    const remembered = this.negatives.answer(negativeKey(route, digest.value, undefined));
+    if (remembered) throw remembered;
     const flight = `m\u0000${route.upstream.name}\u0000${route.repository}\u0000${digest.value}`;
     // Joining a fetch that is already running costs the upstream nothing.
     if (!this.flights.has(flight)) this.deps.budget.charge(client);
@@ -104,6 +111,11 @@ export class ManifestService {
     }
     if (config.offline) throw offlineMiss('MANIFEST_UNKNOWN', route, `${route.repository}:${tag}`);
     const current = row;
+    if (!current) {
+      // Asked again within the negativeTtl of an upstream 404: the same answer, for free.
+      const remembered = this.negatives.answer(negativeKey(route, tag, negotiated.key));
+      if (remembered) throw remembered;
+    }
     const flight = `t\u0000${key}`;
     // A miss spends the client's budget; a stale tag's revalidation is bounded per upstream instead.
     if (!current && !this.flights.has(flight)) this.deps.budget.charge(client);
@@ -124,7 +136,7 @@ export class ManifestService {
       if (rateLimit?.remaining !== undefined && rateLimit.remaining <= reserve) {
         // Trust the tag for another TTL without asking.
         const now = clock.now();
-        tags.touch(row, row.checkedAt, expiryFrom(now, route.upstream.ttlMs));
+        tags.touch(row, row.checkedAt, expiryFrom(now, route.upstream.ttlFor(route.repository, row.tag)));
         return this.serveStale(route, row, stale, `rate limit nearly spent (${rateLimit.remaining} left)`, 'rate-limit-reserve');
       }
       if (!this.revalidationBudget.get(route.upstream.name)!.tryTake()) {
@@ -147,7 +159,7 @@ export class ManifestService {
       const digest = headerValue(response.headers, 'docker-content-digest');
       if (stale && digest === row.digest) {
         const now = clock.now();
-        tags.touch(row, now, expiryFrom(now, route.upstream.ttlMs));
+        tags.touch(row, now, expiryFrom(now, route.upstream.ttlFor(route.repository, row.tag)));
         return { ...stale, outcome: 'revalidated' };
       }
       // Moved (or the HEAD did not say): fetch the tag's new manifest.
@@ -160,11 +172,13 @@ export class ManifestService {
     }
     if (response.status === 404) {
       await response.body.dump().catch(() => undefined);
-      // The upstream says the tag is gone: so do we.
+      // The upstream says the tag is gone: so do we (for a while without asking again).
       tags.delete(row);
-      throw new RegistryError('MANIFEST_UNKNOWN', `${route.repository}:${row.tag} no longer exists upstream`, {
+      const gone = new RegistryError('MANIFEST_UNKNOWN', `${route.repository}:${row.tag} no longer exists upstream`, {
         detail: { upstream: route.upstream.name, repository: route.repository, tag: row.tag },
       });
+      this.negatives.remember(negativeKey(route, row.tag, row.accept), gone, route.upstream.negativeTtlMs);
+      throw gone;
     }
     const error = await upstreamError(route, response, 'manifest');
     if (stale) return this.serveStale(route, row, stale, error.message);
@@ -174,12 +188,7 @@ export class ManifestService {
   private serveStale(route: Route, row: TagRow, stale: StoredManifest, reason: string, category: StaleReason = 'upstream-error'): ManifestResult {
     this.deps.metrics.staleServed.inc({ upstream: route.upstream.name, reason: category });
     this.deps.logger.warn({ upstream: route.upstream.name, repository: route.repository, tag: row.tag, reason }, 'serving stale tag: upstream could not revalidate it');
-    const age = Math.max(0, Math.round((this.deps.clock.now() - row.checkedAt) / 1000));
-    return {
-      ...stale,
-      outcome: 'stale',
-      warning: `110 registry-mirror "Response is stale: upstream ${route.upstream.name} unavailable (${reason.replace(/"/g, "'")}); last checked ${age}s ago"`,
-    };
+    return { ...stale, outcome: 'stale', warning: staleWarning(route.upstream.name, reason, row.checkedAt, this.deps.clock.now()) };
   }
 
   /**
@@ -195,6 +204,7 @@ export class ManifestService {
     });
     if (response.status !== 200) {
       const error = await upstreamError(route, response, 'manifest', reference);
+      if (response.status === 404) this.negatives.remember(negativeKey(route, reference, tagAccept), error, route.upstream.negativeTtlMs);
       // distribution answers 500 to a layer's digest asked as a manifest; when we hold that
       // digest as a blob (and not as a manifest) it is no manifest: say so, and clients
       // (containerd) try /blobs/ next.
@@ -227,12 +237,13 @@ export class ManifestService {
     const now = clock.now();
     if (!(await manifests.put(manifest, parsed, { upstream: route.upstream.name, repo: route.repository }))) return { ...manifest, outcome: 'miss' };
     access.remember(route, computed);
+    this.negatives.forget(negativeKey(route, reference, tagAccept));
     if (tagAccept !== undefined) {
       try {
         tags.put({
           upstream: route.upstream.name, repo: route.repository, tag: reference, accept: tagAccept,
           digest: computed, mediaType: parsed.mediaType, fetchedAt: now, checkedAt: now,
-          expiresAt: expiryFrom(now, route.upstream.ttlMs),
+          expiresAt: expiryFrom(now, route.upstream.ttlFor(route.repository, reference)),
         });
       } catch (err) {
         this.deps.logger.error({ tag: reference, err: (err as Error).message }, 'could not record tag in the index');
@@ -240,4 +251,9 @@ export class ManifestService {
     }
     return { ...manifest, outcome: 'miss' };
   }
+}
+
+/** A reference's key in the negative cache: by tag under its Accept negotiation; a digest is fetched with every type. */
+function negativeKey(route: Route, reference: string, tagAccept: string | undefined): string {
+  return NegativeCache.keyOf(route.upstream.name, route.repository, reference, tagAccept ?? 'all');
 }

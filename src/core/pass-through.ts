@@ -19,6 +19,8 @@ export class NoRoomForBlob extends Error {
   constructor(
     readonly response: UpstreamResponse,
     readonly size: number | undefined,
+    /** The most bytes the blob may have (see DownloadSource.maxSize). */
+    readonly maxSize: number = Infinity,
   ) {
     super('not enough free space in the cache for this blob');
   }
@@ -49,16 +51,22 @@ export async function passThrough(upstreams: Upstreams, route: Route, digest: Di
         refused.destroy(new Error('ranges are not served while the cache disk is full'));
         return refused;
       }
-      return Readable.from(verifyWhileStreaming(body, digest));
+      return Readable.from(verifyWhileStreaming(body, digest, full.maxSize));
     },
   };
 }
 
-/** Pass bytes on as they come but hold the last chunk until the digest matches. */
-async function* verifyWhileStreaming(body: Readable, digest: Digest): AsyncGenerator<Buffer> {
+/** Pass bytes on as they come but hold the last chunk until the digest matches; never more than `maxSize`. */
+async function* verifyWhileStreaming(body: Readable, digest: Digest, maxSize: number): AsyncGenerator<Buffer> {
   const verifier = new DigestVerifier(digest);
   let held: Buffer | undefined;
+  let received = 0;
   for await (const chunk of body as AsyncIterable<Buffer>) {
+    received += chunk.length;
+    if (received > maxSize) {
+      body.destroy();
+      throw new Error(`upstream sent more than the ${maxSize} bytes ${digest.value} may have`);
+    }
     verifier.update(chunk);
     if (held) yield held;
     held = chunk;

@@ -3,7 +3,7 @@
 
 import type { CacheIndex } from '../cache/index.js';
 import { readLimited } from '../http/body.js';
-import { headerValue } from '../http/headers.js';
+import { headerValue, nextLinkTarget } from '../http/headers.js';
 import { RegistryError } from '../oci/errors.js';
 import type { Route } from '../upstream/selector.js';
 import { isUpstreamTrouble, statusError } from '../upstream/status-errors.js';
@@ -86,21 +86,17 @@ export class TagListService {
 
 /** The query of an RFC 8288 `Link: <…>; rel="next"` target (the mirror re-aims it at itself), without `ns`. */
 function nextPageQuery(link: string | undefined): URLSearchParams | undefined {
-  if (!link) return undefined;
-  for (const part of link.split(/,(?=\s*<)/)) {
-    const m = /^\s*<([^>]*)>(.*)$/.exec(part);
-    if (!m || !/;\s*rel\s*=\s*"?([^";]*\s)?next(\s[^";]*)?"?\s*(;|$)/i.test(m[2]!)) continue;
-    let target: URL;
-    try {
-      target = new URL(m[1]!, 'http://upstream.invalid/');
-    } catch {
-      return new URLSearchParams();
-    }
-    const query = new URLSearchParams(target.search);
-    query.delete('ns');
-    return query;
+  const next = nextLinkTarget(link);
+  if (next === undefined) return undefined;
+  let target: URL;
+  try {
+    target = new URL(next, 'http://upstream.invalid/');
+  } catch {
+    return new URLSearchParams();
   }
-  return undefined;
+  const query = new URLSearchParams(target.search);
+  query.delete('ns');
+  return query;
 }
 
 function paginate(tags: string[], n: number | undefined, last: string | undefined): { tags: string[]; next: URLSearchParams | undefined } {

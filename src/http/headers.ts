@@ -1,5 +1,5 @@
 // Reading HTTP headers the way every part of the mirror needs them: one value of a header
-// that may repeat, a Content-Length, a Content-Range. Pure, no I/O.
+// that may repeat, a Content-Length, a Content-Range, a Link's next page. Pure, no I/O.
 
 export type HeaderMap = Record<string, string | string[] | undefined>;
 
@@ -27,4 +27,14 @@ export function parseContentRange(headers: HeaderMap): ContentRange | undefined 
   const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(headerValue(headers, 'content-range') ?? '');
   if (!m) return undefined;
   return { start: Number(m[1]), end: Number(m[2]), total: m[3] === '*' ? undefined : Number(m[3]) };
+}
+
+/** The target of an RFC 8288 `Link: <…>; rel="next"` (as written: relative or absolute), or undefined when there is none. */
+export function nextLinkTarget(link: string | undefined): string | undefined {
+  if (!link) return undefined;
+  for (const part of link.split(/,(?=\s*<)/)) {
+    const m = /^\s*<([^>]*)>(.*)$/.exec(part);
+    if (m && /;\s*rel\s*=\s*"?([^";]*\s)?next(\s[^";]*)?"?\s*(;|$)/i.test(m[2]!)) return m[1]!;
+  }
+  return undefined;
 }

@@ -25,6 +25,12 @@ export interface ParsedManifest {
   /** Config blob of an image manifest. */
   config: Descriptor | undefined;
   layers: Descriptor[];
+  /** OCI 1.1: the manifest this one refers to (a signature's, an SBOM's image). */
+  subject: Descriptor | undefined;
+  /** OCI 1.1: what kind of artifact this is, when the manifest says. */
+  artifactType: string | undefined;
+  /** The manifest's own annotations (string values only). */
+  annotations: Record<string, string> | undefined;
 }
 
 /** Manifests above this size are refused (distribution's own limit is 4 MiB). */
@@ -84,7 +90,28 @@ export function parseManifest(bytes: Uint8Array, contentType?: string): ParsedMa
         : undefined))
       .filter((d): d is Descriptor => !!d);
   }
-  return { mediaType, isIndex, manifests, config, layers };
+  const subject = descriptor(doc.subject);
+  const artifactType = typeof doc.artifactType === 'string' ? doc.artifactType : undefined;
+  return { mediaType, isIndex, manifests, config, layers, subject, artifactType, annotations: stringMap(doc.annotations) };
+}
+
+/** An annotations object, keeping only string values; undefined when absent or empty. */
+export function stringMap(value: unknown): Record<string, string> | undefined {
+  if (!value || typeof value !== 'object' || Array.isArray(value)) return undefined;
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(value as Record<string, unknown>)) if (typeof v === 'string') out[k] = v;
+  return Object.keys(out).length > 0 ? out : undefined;
+}
+
+/** Every descriptor a manifest references directly, with the size it declares (undefined when none). */
+export function childDescriptors(m: ParsedManifest): { digest: string; size: number | undefined }[] {
+  const out = new Map<string, number | undefined>();
+  for (const d of [...m.manifests, ...(m.config ? [m.config] : []), ...m.layers]) {
+    const size = Number.isSafeInteger(d.size) && d.size >= 0 ? d.size : undefined;
+    const seen = out.get(d.digest);
+    out.set(d.digest, seen === undefined || size === undefined ? (size ?? seen) : Math.max(seen, size));
+  }
+  return [...out].map(([digest, size]) => ({ digest, size }));
 }
 
 /** Every digest a manifest references directly. */

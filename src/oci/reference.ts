@@ -109,3 +109,22 @@ export function parseImageReference(input: string): ImageReference {
   if (!tag && !digest) tag = 'latest';
   return { registry, repository: rest, tag, digest };
 }
+
+/**
+ * A glob over repository names (or tags) as a RegExp: `*` within one path component, `**`
+ * across components, `?` one character other than `/`; everything else literal.
+ */
+export function globToRegExp(glob: string): RegExp {
+  let out = '';
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i]!;
+    if (c === '*') {
+      if (glob[i + 1] === '*') {
+        out += '.*';
+        i++;
+      } else out += '[^/]*';
+    } else if (c === '?') out += '[^/]';
+    else out += c.replace(/[.+^${}()|[\]\\]/g, '\\$&');
+  }
+  return new RegExp(`^${out}$`);
+}

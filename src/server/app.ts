@@ -8,15 +8,21 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { RegistryError } from '../oci/errors.js';
 import type { Mirror } from '../mirror.js';
+import { NegativeAnswer } from '../core/results.js';
 import { PEER_HEADER, verifyPeerRequest } from '../cluster/peer-auth.js';
 import { handleBlob } from './handlers/blobs.js';
 import { handleCatalog } from './handlers/catalog.js';
 import { handleManifest } from './handlers/manifests.js';
+import { handleReferrers } from './handlers/referrers.js';
 import { handleTags } from './handlers/tags.js';
 import { matchApiPath } from './api-paths.js';
 import type { RequestContext } from './request-context.js';
 import { HtpasswdAuth } from './client-auth.js';
 import { renderStatusPage, statusData, type RecentPull } from './status-page.js';
+import { TrustedProxies } from '../http/forwarded.js';
+import { openEventSinks, type EventSinks } from '../events/sinks.js';
+import { PullTracker, pullEvent } from './pull-events.js';
+import { recordSaving } from './savings.js';
 
 const API_VERSION_HEADER = 'Docker-Distribution-API-Version';
 const READ_METHODS = new Set(['GET', 'HEAD']);
@@ -34,7 +40,13 @@ interface ServerState {
   shuttingDown: boolean;
   auth: HtpasswdAuth | undefined;
   recent: RecentPull[];
+  proxies: TrustedProxies;
+  pulls: PullTracker;
+  events: EventSinks | undefined;
 }
+
+/** How long shutdown waits for buffered pull events to be delivered. */
+const EVENTS_CLOSE_MS = 5000;
 
 export async function startServer(mirror: Mirror, listen = mirror.config.listen): Promise<MirrorServer> {
   const tls = mirror.config.tls;
@@ -42,6 +54,9 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
     shuttingDown: false,
     auth: mirror.config.auth ? new HtpasswdAuth(mirror.config.auth.htpasswd, mirror.config.auth.realm) : undefined,
     recent: [],
+    proxies: new TrustedProxies(mirror.config.trustedProxies),
+    pulls: new PullTracker(mirror.clock),
+    events: openEventSinks(mirror.config.events, { metrics: mirror.metrics, logger: mirror.logger }),
   };
   const handler = (req: IncomingMessage, res: ServerResponse) => void handleRequest(mirror, req, res, state);
   const server = tls
@@ -68,6 +83,7 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
     url,
     reload() {
       state.auth?.reload();
+      state.events?.reopen();
       if (tls && server instanceof https.Server) server.setSecureContext({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) });
     },
     async close(deadlineMs = 10_000) {
@@ -78,6 +94,7 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
       await closed;
       clearTimeout(timer);
       await state.auth?.close();
+      await state.events?.close(EVENTS_CLOSE_MS);
     },
   };
 }
@@ -119,7 +136,7 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
     bytes: 0,
     fromPeer,
     // A peer replica forwards its own clients' misses: they were counted there.
-    client: fromPeer ? undefined : req.socket.remoteAddress,
+    client: fromPeer ? undefined : state.proxies.clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for']),
   };
   res.setHeader('X-Request-Id', ctx.id);
   if (state.shuttingDown) res.setHeader('Connection', 'close');
@@ -153,6 +170,7 @@ async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState)
       if (result.busy) throw new RegistryError('TOOMANYREQUESTS', 'too many password checks in progress; try again shortly', { headers: { 'retry-after': '1' } });
       throw new RegistryError('UNAUTHORIZED', 'authentication required', { headers: { 'www-authenticate': state.auth.challenge } });
     }
+    ctx.user = result.user;
   }
   if (ctx.path === '/' || ctx.path === '/status.json') {
     const data = statusData(mirror, state.recent);
@@ -185,7 +203,7 @@ async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState)
     case 'catalog':
       return handleCatalog(mirror, ctx);
     case 'referrers':
-      throw new RegistryError('UNSUPPORTED', 'the referrers API is not served by this mirror yet', { status: 404 });
+      return handleReferrers(mirror, ctx, api.name, api.digest);
   }
 }
 
@@ -211,6 +229,8 @@ function sendText(res: ServerResponse, status: number, text: string): void {
 function sendError(mirror: Mirror, ctx: RequestContext, err: unknown): void {
   const { res } = ctx;
   let error: RegistryError;
+  // A remembered upstream 404 answered without asking: its own outcome in the log and metrics.
+  if (err instanceof NegativeAnswer) ctx.outcome = err.outcome;
   if (err instanceof RegistryError) error = err;
   else {
     mirror.logger.error({ reqId: ctx.id, err }, 'internal error');
@@ -235,8 +255,13 @@ function accessLog(mirror: Mirror, ctx: RequestContext, state: ServerState): voi
   const complete = ctx.res.writableFinished;
   const route = routeLabel(ctx.path);
   mirror.metrics.countRequest(route, status, ctx.outcome ?? 'none');
+  const pull = route === 'manifest' ? state.pulls.observe(ctx, status) : undefined;
+  if (pull && state.events) state.events.publish(pullEvent(ctx, pull, status, mirror.clock.now()));
+  recordSaving(mirror, ctx, route, pull);
   if (ctx.outcome && ctx.upstream && ctx.repository) {
-    mirror.index.recordRequest(ctx.upstream, ctx.repository, ctx.outcome, ctx.bytes, route === 'manifest' && ctx.req.method === 'GET', mirror.clock.now());
+    // An error (a remembered 404) is no pull: kept out of the repository stats, which names
+    // clients make up would otherwise grow.
+    if (status < 400) mirror.index.recordRequest(ctx.upstream, ctx.repository, ctx.outcome, ctx.bytes, route === 'manifest' && ctx.req.method === 'GET', mirror.clock.now());
     if (route === 'manifest' && ctx.req.method !== 'OPTIONS') {
       const reference = ctx.path.slice(ctx.path.lastIndexOf('/') + 1);
       state.recent.push({ at: mirror.clock.now(), upstream: ctx.upstream, repository: ctx.repository, reference, outcome: ctx.outcome, status });
@@ -267,6 +292,7 @@ function routeLabel(path: string): string {
     if (path.includes('/manifests/')) return 'manifest';
     if (path.includes('/blobs/')) return 'blob';
     if (path.endsWith('/tags/list')) return 'tags';
+    if (path.includes('/referrers/')) return 'referrers';
     if (path === '/v2/_catalog') return 'catalog';
     return 'base';
   }

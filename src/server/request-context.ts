@@ -20,6 +20,13 @@ export interface RequestContext {
   bytes: number;
   /** A request from another replica of this cluster (it must not be forwarded again). */
   fromPeer: boolean;
-  /** The client's address, whose budget of upstream misses its cold requests spend; none for a peer. */
+  /**
+   * The client's address (from X-Forwarded-For when the peer is a trusted proxy), whose budget
+   * of upstream misses its cold requests spend; none for a peer.
+   */
   client: string | undefined;
+  /** The authenticated user, when client auth is on. */
+  user?: string;
+  /** Set by the manifest handler: what was answered (pull events). */
+  manifest?: { digest: string; mediaType: string; bytes: Buffer };
 }

@@ -1,18 +1,23 @@
-// HTTP to one upstream registry on undici: challenge-driven auth, redirects (Docker Hub
-// sends blobs to a CDN: followed, and the upstream's Authorization never goes to
-// another origin), bounded retries with back-off and jitter honouring Retry-After,
-// connect/header/body-idle time-outs, and the upstream's rate-limit headers.
+// HTTP to one upstream registry on undici: challenge-driven auth (the challenge learned
+// once, tokens per credential and scope), redirects (Docker Hub sends blobs to a CDN:
+// followed, and the upstream's Authorization never goes to another origin), bounded retries
+// with back-off and jitter honouring Retry-After, connect/header/body-idle time-outs, and
+// the upstream's rate-limit headers (per credential: the one with most pulls left is used).
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
 import { Agent, EnvHttpProxyAgent, ProxyAgent, request, type Dispatcher } from 'undici';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
+import { ANONYMOUS_CREDENTIAL, type UpstreamCredential } from '../config.js';
 import { headerValue } from '../http/headers.js';
 import { RegistryError } from '../oci/errors.js';
 import { basicAuthorization, parseTokenResponse, parseWwwAuthenticate, TokenCache, type Challenge } from './auth.js';
 import { CircuitBreaker } from './breaker.js';
+import { ChallengeGate } from './challenge-gate.js';
+import { CredentialPool, type CredentialQuota, type RateLimit } from './credentials.js';
 import type { UpstreamRegistry } from './registry.js';
+import type { TokenStore } from './token-store.js';
 
 export interface UpstreamRequest {
   method: 'GET' | 'HEAD';
@@ -31,15 +36,9 @@ export interface UpstreamResponse {
   body: Readable & { dump(opts?: { limit: number }): Promise<void>; text(): Promise<string> };
 }
 
-export interface RateLimit {
-  limit: number | undefined;
-  remaining: number | undefined;
-  updatedAt: number;
-}
-
 export interface UpstreamClientOptions {
   dispatcher: Dispatcher;
-  tokens: TokenCache;
+  tokens: TokenStore;
   clock: Clock;
   logger: Logger;
   retries: { attempts: number; baseDelayMs: number; maxDelayMs: number };
@@ -80,13 +79,6 @@ export function parseRetryAfter(value: string | undefined, now: number): number 
   return Number.isFinite(at) ? Math.max(0, at - now) : undefined;
 }
 
-/** `76;w=21600` → 76 */
-function parseRateLimitNumber(value: string | undefined): number | undefined {
-  if (!value) return undefined;
-  const n = Number.parseInt(value.split(';')[0]!.trim(), 10);
-  return Number.isFinite(n) ? n : undefined;
-}
-
 /** An error from undici or the network, in words for the client's error detail. */
 export function describeNetworkError(err: unknown): string {
   if (err && typeof err === 'object') {
@@ -98,10 +90,16 @@ export function describeNetworkError(err: unknown): string {
   return String(err);
 }
 
+/** What a request sent as Authorization: the header, and the bearer token in it. */
+interface SentAuthorization {
+  header: string;
+  token: string | undefined;
+}
+
 export class UpstreamClient {
-  rateLimit: RateLimit | undefined;
   readonly breaker: CircuitBreaker;
-  private challenge: Challenge | undefined;
+  private readonly challenges = new ChallengeGate();
+  private readonly credentials: CredentialPool;
   private readonly origin: string;
 
   constructor(
@@ -110,6 +108,17 @@ export class UpstreamClient {
   ) {
     this.origin = new URL(registry.url).origin;
     this.breaker = new CircuitBreaker(options.breaker.failures, options.breaker.cooldownMs, options.clock);
+    this.credentials = new CredentialPool(registry.credentials, options.clock);
+  }
+
+  /** The pulls left for the credential the next request would use (undefined: not reported). */
+  get rateLimit(): RateLimit | undefined {
+    return this.credentials.current();
+  }
+
+  /** Each credential's pulls left (by name, never the secret), then the anonymous ones'. */
+  rateLimits(): CredentialQuota[] {
+    return this.credentials.quotas();
   }
 
   /**
@@ -190,30 +199,58 @@ export class UpstreamClient {
     });
   }
 
-  /** One attempt: authorise, send, answer one 401 by re-negotiating, follow redirects. */
+  /**
+   * One attempt, with the credential that has most pulls left. A pull refused because that
+   * credential turned out spent (429, now reported at 0) goes once more with the next one.
+   */
   private async send(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const countsPull = req.method === 'GET' && req.path.includes('/manifests/');
+    for (let tries = 0; ; tries++) {
+      const credential = this.credentials.pick(countsPull);
+      let response: UpstreamResponse;
+      try {
+        response = await this.sendAs(req, credential);
+      } finally {
+        if (countsPull) this.credentials.settle(credential);
+      }
+      const switchable = response.status === 429 && credential && this.credentials.spent(credential) && tries < this.registry.credentials.length;
+      if (!switchable) return response;
+      await response.body.dump().catch(() => undefined);
+    }
+  }
+
+  /** Authorise (after the first request's challenge), send, answer one 401 by re-negotiating, follow redirects. */
+  private async sendAs(req: UpstreamRequest, credential: UpstreamCredential | undefined): Promise<UpstreamResponse> {
     const scope = req.repository ? `repository:${req.repository}:pull` : undefined;
     const url = new URL(this.registry.url + req.path);
     // An upper-tier mirror routes by ns, like a containerd mirror request.
     if (this.registry.sendNamespace && req.path.startsWith('/v2/') && req.path !== '/v2/') url.searchParams.set('ns', this.registry.name);
     const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...req.headers };
-    let authorization = await this.authorization(scope, false);
     const { signal } = req;
-    let response = await this.dispatch(url, req.method, headers, authorization, signal);
-    if (response.status === 401) {
-      const challenges = parseWwwAuthenticate(headerValue(response.headers, 'www-authenticate'));
-      await response.body.dump().catch(() => undefined);
-      const usable = challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic');
-      if (usable) this.challenge = usable;
-      // The token may have expired mid-pull, or the challenge is new: negotiate once more.
-      authorization = await this.authorization(scope ?? usable?.params.scope, true);
-      if (authorization) response = await this.dispatch(url, req.method, headers, authorization, signal);
-      else {
-        // Re-send to hand the caller a fresh 401 with a readable body.
-        response = await this.dispatch(url, req.method, headers, undefined, signal);
-      }
+    const turn = await this.challenges.turn();
+    let sent: SentAuthorization | undefined;
+    let response: UpstreamResponse;
+    try {
+      sent = turn.challenge && (await this.authorization(turn.challenge, scope, credential, undefined));
+      response = await this.dispatch(url, req.method, headers, sent?.header, credential, signal);
+      if (response.status === 401) {
+        const challenges = parseWwwAuthenticate(headerValue(response.headers, 'www-authenticate'));
+        this.challenges.learn(challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic'));
+      } else if (!sent) this.challenges.learn(undefined);
+    } finally {
+      // The requests waiting for the first challenge go now, while this one gets its token.
+      if (turn.probe) this.challenges.release();
     }
-    return this.followRedirects(url, req.method, headers, authorization, response, signal);
+    if (response.status === 401) {
+      await response.body.dump().catch(() => undefined);
+      // The token may have expired mid-pull, or the challenge is new: negotiate once more.
+      const challenge = this.challenges.current;
+      const retry = challenge && (await this.authorization(challenge, scope ?? challenge.params.scope, credential, sent?.token));
+      if (retry) sent = retry;
+      // Without one, re-send to hand the caller a fresh 401 with a readable body.
+      response = await this.dispatch(url, req.method, headers, retry?.header, credential, signal);
+    }
+    return this.followRedirects(url, req.method, headers, sent?.header, response, credential, signal);
   }
 
   private async followRedirects(
@@ -222,6 +259,7 @@ export class UpstreamClient {
     headers: Record<string, string>,
     authorization: string | undefined,
     first: UpstreamResponse,
+    credential: UpstreamCredential | undefined,
     signal: AbortSignal | undefined,
   ): Promise<UpstreamResponse> {
     let response = first;
@@ -233,7 +271,7 @@ export class UpstreamClient {
       url = new URL(location, url);
       // Never hand the upstream's credentials to another origin (Docker Hub's CDN).
       const auth = url.origin === this.origin ? authorization : undefined;
-      response = await this.dispatch(url, method, headers, auth, signal);
+      response = await this.dispatch(url, method, headers, auth, credential, signal);
     }
     return response;
   }
@@ -243,44 +281,43 @@ export class UpstreamClient {
     method: 'GET' | 'HEAD',
     headers: Record<string, string>,
     authorization: string | undefined,
+    credential: UpstreamCredential | undefined,
     signal: AbortSignal | undefined,
   ): Promise<UpstreamResponse> {
     const all = authorization ? { ...headers, authorization } : headers;
     const res = await request(url, { method, headers: all, dispatcher: this.options.dispatcher, signal });
-    this.recordRateLimit(res.headers);
+    // Sent without Authorization (a probe, a CDN), an answer's count is the anonymous one.
+    this.credentials.record(authorization ? credential : undefined, res.headers);
     return { status: res.statusCode, headers: res.headers, body: res.body as unknown as UpstreamResponse['body'] };
   }
 
-  private recordRateLimit(headers: Record<string, string | string[] | undefined>): void {
-    const remaining = parseRateLimitNumber(headerValue(headers, 'ratelimit-remaining'));
-    if (remaining === undefined) return;
-    this.rateLimit = { limit: parseRateLimitNumber(headerValue(headers, 'ratelimit-limit')), remaining, updatedAt: this.options.clock.now() };
-  }
-
-  /** The Authorization header for a scope, from what the challenge asked for. */
-  private async authorization(scope: string | undefined, renew: boolean): Promise<string | undefined> {
-    const challenge = this.challenge;
-    if (!challenge) return undefined;
-    const creds = this.registry.credentials;
-    if (challenge.scheme === 'basic') {
-      return creds ? basicAuthorization(creds) : undefined;
-    }
+  /**
+   * The Authorization for a scope and credential, from what the challenge asked for; a
+   * bearer token the upstream just refused (`rejected`) is replaced.
+   */
+  private async authorization(
+    challenge: Challenge,
+    scope: string | undefined,
+    credential: UpstreamCredential | undefined,
+    rejected: string | undefined,
+  ): Promise<SentAuthorization | undefined> {
+    if (challenge.scheme === 'basic') return credential ? { header: basicAuthorization(credential), token: undefined } : undefined;
     if (challenge.scheme !== 'bearer' || !challenge.params.realm) return undefined;
     const realm = challenge.params.realm;
     const service = challenge.params.service ?? '';
-    const key = TokenCache.key(this.registry.name, service, scope ?? '');
-    if (renew) this.options.tokens.invalidate(key);
-    const token = await this.options.tokens.getOrFetch(key, () => this.fetchToken(realm, service, scope));
-    return `Bearer ${token}`;
+    // Tokens are per credential: one fetched with A is never spent on B's pulls.
+    const key = TokenCache.key(`${this.registry.name}\u0000${credential?.name ?? ANONYMOUS_CREDENTIAL}`, service, scope ?? '');
+    const fetch = () => this.fetchToken(realm, service, scope, credential);
+    const token = rejected ? await this.options.tokens.replace(key, rejected, fetch) : await this.options.tokens.token(key, fetch);
+    return { header: `Bearer ${token}`, token };
   }
 
-  private async fetchToken(realm: string, service: string, scope: string | undefined) {
+  private async fetchToken(realm: string, service: string, scope: string | undefined, credential: UpstreamCredential | undefined) {
     const url = new URL(realm);
     if (service) url.searchParams.set('service', service);
     if (scope) url.searchParams.set('scope', scope);
     const headers: Record<string, string> = { 'user-agent': USER_AGENT };
-    const creds = this.registry.credentials;
-    if (creds) headers.authorization = basicAuthorization(creds);
+    if (credential) headers.authorization = basicAuthorization(credential);
     let res;
     try {
       res = await request(url, { method: 'GET', headers, dispatcher: this.options.dispatcher });

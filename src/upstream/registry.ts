@@ -1,30 +1,22 @@
 // One upstream registry as the mirror sees it: where it lives, how long its tags are
-// trusted, which repositories may be pulled through it, and its naming rules.
+// trusted (its TTL rules) and its 404s remembered, which repositories may be pulled through
+// it, with which credentials, and its naming rules.
 
-import type { UpstreamConfig } from '../config.js';
-
-function globToRegExp(glob: string): RegExp {
-  let out = '';
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i]!;
-    if (c === '*') {
-      if (glob[i + 1] === '*') {
-        out += '.*';
-        i++;
-      } else out += '[^/]*';
-    } else if (c === '?') out += '[^/]';
-    else out += c.replace(/[.+^${}()|[\]\\]/g, '\\$&');
-  }
-  return new RegExp(`^${out}$`);
-}
+import type { UpstreamConfig, UpstreamCredential } from '../config.js';
+import { globToRegExp } from '../oci/reference.js';
+import { TtlRules } from './ttl-rules.js';
 
 export class UpstreamRegistry {
   readonly name: string;
   readonly url: string;
+  /** The tag TTL when no rule matches. */
   readonly ttlMs: number;
+  /** How long an upstream 404 for a manifest is remembered (0 = not at all). */
+  readonly negativeTtlMs: number;
   readonly alias: string | undefined;
   readonly allowSchema1: boolean;
-  readonly credentials: { username: string; password: string } | undefined;
+  /** In order of preference when their pulls left are equal; empty = anonymous only. */
+  readonly credentials: readonly UpstreamCredential[];
   readonly segments: number;
   readonly sendNamespace: boolean;
   readonly proxy: string | undefined;
@@ -32,15 +24,18 @@ export class UpstreamRegistry {
   readonly maxBytesPerSecond: number;
   private readonly libraryPrefix: boolean;
   private readonly allowed: RegExp[];
+  private readonly ttlRules: TtlRules;
 
   constructor(config: UpstreamConfig) {
     this.name = config.name;
     this.url = config.url;
     this.ttlMs = config.ttlMs;
+    this.ttlRules = new TtlRules(config.ttlRules, config.ttlMs);
+    this.negativeTtlMs = config.negativeTtlMs;
     this.alias = config.alias;
     this.allowSchema1 = config.allowSchema1;
     this.libraryPrefix = config.libraryPrefix;
-    this.credentials = config.username && config.password ? { username: config.username, password: config.password } : undefined;
+    this.credentials = config.credentials;
     this.allowed = config.repositories.map(globToRegExp);
     this.segments = config.segments;
     this.sendNamespace = config.sendNamespace;
@@ -52,6 +47,11 @@ export class UpstreamRegistry {
   /** The repository name as the upstream knows it: Docker Hub's `alpine` is `library/alpine`. */
   canonicalRepository(name: string): string {
     return this.libraryPrefix && !name.includes('/') ? `library/${name}` : name;
+  }
+
+  /** How long a tag of `repository` (as the upstream names it) is trusted: the first matching rule, else the TTL. */
+  ttlFor(repository: string, tag: string): number {
+    return this.ttlRules.ttlFor(repository, tag);
   }
 
   allows(repository: string): boolean {

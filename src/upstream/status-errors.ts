@@ -7,7 +7,7 @@ import { ERROR_CODES, parseErrorBody, RegistryError, type ErrorCode } from '../o
 import type { UpstreamResponse } from './client.js';
 import type { Route } from './selector.js';
 
-export type UpstreamCallKind = 'manifest' | 'blob' | 'tags' | 'ping';
+export type UpstreamCallKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'ping';
 
 /** An upstream error body is small; more than this is not an error body worth reading. */
 const ERROR_BODY_LIMIT = 64 * 1024;

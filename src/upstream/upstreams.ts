@@ -1,6 +1,6 @@
 // The configured upstream registries as the core uses them: one HTTP client (connection
 // pool, token cache, circuit breaker) per upstream, its bandwidth cap, and every request
-// metered (count by status, latency, the last ratelimit-remaining).
+// metered (count by status, latency, the last ratelimit-remaining per credential).
 
 import type { Dispatcher } from 'undici';
 import type { Logger } from 'pino';
@@ -8,11 +8,12 @@ import type { Clock } from '../clock.js';
 import type { Config } from '../config.js';
 import type { MirrorMetrics } from '../metrics.js';
 import { TokenCache } from './auth.js';
-import { createUpstreamAgent, UpstreamClient, type UpstreamRequest, type UpstreamResponse } from './client.js';
+import { createUpstreamAgent, describeNetworkError, UpstreamClient, type UpstreamRequest, type UpstreamResponse } from './client.js';
 import { ByteRateLimiter } from './rate-limiter.js';
 import type { UpstreamRegistry } from './registry.js';
 import type { Route } from './selector.js';
 import type { UpstreamCallKind } from './status-errors.js';
+import { TokenStore } from './token-store.js';
 
 export class Upstreams {
   private readonly clients = new Map<string, UpstreamClient>();
@@ -25,7 +26,10 @@ export class Upstreams {
     config: Pick<Config, 'timeouts' | 'retries' | 'breaker'>,
     private readonly deps: { clock: Clock; logger: Logger; metrics: MirrorMetrics },
   ) {
-    const tokens = new TokenCache(deps.clock);
+    const tokens = new TokenStore(new TokenCache(deps.clock), deps.clock, (key, err) => {
+      // The key names upstream, credential, service and scope; never a secret.
+      deps.logger.warn({ token: key.split('\u0000').join(' '), err: describeNetworkError(err) }, 'background token renewal failed; the next request fetches one');
+    });
     for (const u of registries) {
       const dispatcher = createUpstreamAgent(config.timeouts, { proxy: u.proxy, maxConnections: u.maxConnections });
       this.agents.push(dispatcher);
@@ -62,7 +66,10 @@ export class Upstreams {
       const response = await client.request({ ...req, repository: route.repository });
       metrics.upstreamRequests.inc({ upstream: name, kind, status: String(response.status) });
       metrics.upstreamLatency.observe({ upstream: name, kind }, (performance.now() - started) / 1000);
-      if (client.rateLimit?.remaining !== undefined) metrics.rateLimitRemaining.set({ upstream: name }, client.rateLimit.remaining);
+      for (const q of client.rateLimits()) {
+        if (q.remaining !== undefined) metrics.rateLimitRemaining.set({ upstream: name, credential: q.credential }, q.remaining);
+        else metrics.rateLimitRemaining.remove({ upstream: name, credential: q.credential });
+      }
       return response;
     } catch (err) {
       metrics.upstreamRequests.inc({ upstream: name, kind, status: req.signal?.aborted ? 'cancelled' : 'error' });

@@ -8,8 +8,9 @@
 //   npm run bench -- --systems mirror --phases manifest --phase-prof --no-results
 //
 // Options: --systems mirror,distribution,nginx
-//          --phases cold,blob,manifest,concurrent (warm = blob,manifest; blob and manifest
-//            still start with the cold pull that warms the cache)
+//          --phases cold,blob,manifest,concurrent,slowlink,bounds (warm = blob,manifest; blob and
+//            manifest still start with the cold pull that warms the cache; bounds = issue 13's
+//            crowds of dropping, slow and wrong-password clients, see bounds.ts)
 //          --skip-build
 //          --cpu-prof    node --cpu-prof on the mirror: one profile per mirror process
 //          --phase-prof  one CPU profile per measurement, through the mirror's inspector
@@ -34,7 +35,7 @@ const BLOB_ROUNDS = 5;
 const { values: argv } = parseArgs({
   options: {
     systems: { type: 'string', default: 'mirror,distribution,nginx' },
-    phases: { type: 'string', default: 'cold,warm,concurrent,slowlink' },
+    phases: { type: 'string', default: 'cold,warm,concurrent,slowlink,bounds' },
     'skip-build': { type: 'boolean', default: false },
     'cpu-prof': { type: 'boolean', default: false },
     'phase-prof': { type: 'boolean', default: false },
@@ -43,7 +44,7 @@ const { values: argv } = parseArgs({
 });
 const systems = argv.systems!.split(',').map((s) => s.trim()) as SystemKey[];
 const phases = new Set(argv.phases!.split(',').flatMap((s) => (s.trim() === 'warm' ? ['blob', 'manifest'] : [s.trim()])));
-for (const p of phases) if (!['cold', 'blob', 'manifest', 'concurrent', 'slowlink'].includes(p)) throw new Error(`unknown phase ${p}`);
+for (const p of phases) if (!['cold', 'blob', 'manifest', 'concurrent', 'slowlink', 'bounds'].includes(p)) throw new Error(`unknown phase ${p}`);
 for (const s of systems) if (!['mirror', 'distribution', 'nginx'].includes(s)) throw new Error(`unknown system ${s}`);
 
 const LABELS: Record<SystemKey, string> = { mirror: 'mirror', distribution: 'distribution (proxy)', nginx: 'nginx (proxy_cache)' };
@@ -606,9 +607,85 @@ async function main(): Promise<number> {
     ].join('\n');
   }
 
+  // The bounds: crowds of misbehaving clients (issue 13), each on a freshly started system.
+  let boundsTable = '';
+  const boundsChecks: Check[] = [];
+  if (phases.has('bounds')) {
+    const { committingReaders, dropCrowd, writeHtpasswd, wrongPasswords } = await import('./bounds.js');
+    const { startMirror: startMirrorSystem } = await import('./systems.js');
+    const drops = await Promise.all([0, 1, 2, 3].map((i) => bigLayer(256 * MiB, `bench-drop-${i}`)));
+    const dropImage = buildImage({ format: 'docker', layers: drops, label: 'bench-drop' });
+    log('bounds: pushing 4 layers of 256 MiB (bench/drop:1)');
+    await upstream.push('bench/drop', '1', dropImage);
+    const dropBlobs = drops.map((blob) => ({ repo: 'bench/drop', blob }));
+    const boundsResults: import('./bounds.js').BoundsResult[] = [];
+    for (const key of systems.filter((k) => k !== 'nginx')) {
+      await awaitIdle();
+      const sys = await startSystem(key, upstream.url, workDir);
+      try {
+        const r = await dropCrowd(sys, upstream, dropBlobs);
+        boundsResults.push(r);
+        log(`bounds: ${LABELS[key]}: ${r.scenario}: peak RSS ${((r.peakRssBytes ?? 0) / MiB).toFixed(1)} MiB; ${r.detail}`);
+      } finally {
+        await sys.stop();
+      }
+    }
+    if (systems.includes('mirror')) {
+      const { startCephRgw, createBucket } = await import('../fixtures/ceph-rgw.js');
+      log('bounds: starting Ceph RGW (S3) for the committing-readers scenario');
+      const rgw = await startCephRgw();
+      try {
+        await createBucket(rgw, 'bench');
+        const s3Config = join(workDir, 'bounds-s3.json');
+        writeFileSync(
+          s3Config,
+          JSON.stringify({ storage: { driver: 's3', s3: { bucket: 'bench', endpoint: rgw.endpoint, region: rgw.region, accessKeyId: rgw.accessKeyId, secretAccessKey: rgw.secretAccessKey, redirect: 0 } } }),
+        );
+        await awaitIdle();
+        const sys = await startMirrorSystem({ upstreamUrl: upstream.url, workDir, extraArgs: ['--config', s3Config] });
+        try {
+          const r = await committingReaders(sys, upstream, 'bench/concurrent', concurrent.layers[0]!);
+          boundsResults.push(r);
+          log(`bounds: mirror: ${r.scenario}: peak RSS ${((r.peakRssBytes ?? 0) / MiB).toFixed(1)} MiB; ${r.detail}`);
+        } finally {
+          await sys.stop();
+        }
+      } finally {
+        await rgw.stop();
+      }
+      const authConfig = join(workDir, 'bounds-auth.json');
+      writeFileSync(authConfig, JSON.stringify({ auth: { htpasswd: writeHtpasswd(workDir, 'bench', 'right-password') } }));
+      await awaitIdle();
+      const sys = await startMirrorSystem({ upstreamUrl: upstream.url, workDir, extraArgs: ['--config', authConfig] });
+      try {
+        const r = await wrongPasswords(sys);
+        boundsResults.push(r);
+        log(`bounds: mirror: ${r.scenario}: /healthz p50 ${r.p50Ms!.toFixed(2)} ms, p99 ${r.p99Ms!.toFixed(2)} ms; peak RSS ${((r.peakRssBytes ?? 0) / MiB).toFixed(1)} MiB; ${r.detail}`);
+      } finally {
+        await sys.stop();
+      }
+    }
+    const fmtMiB = (v?: number) => (v === undefined ? '–' : `${(v / MiB).toFixed(1)} MiB`);
+    boundsTable = [
+      'Bounds: crowds of misbehaving clients, each scenario on a freshly started system (issue 13). Event-loop stall: the',
+      'latency of `/healthz` probed every 5 ms by one more client while the attack runs.',
+      '',
+      '| system | scenario | peak RSS | upstream bytes | /healthz p50 / p99 | detail |',
+      '|---|---|--:|--:|--:|---|',
+      ...boundsResults.map(
+        (r) =>
+          `| ${LABELS[r.system as SystemKey]} | ${r.scenario} | ${fmtMiB(r.peakRssBytes)} | ${r.upstreamBytes === undefined ? '–' : fmtMiB(r.upstreamBytes)} | ${r.p99Ms === undefined ? '–' : `${r.p50Ms!.toFixed(2)} / ${r.p99Ms.toFixed(2)} ms`} | ${r.detail} |`,
+      ),
+    ].join('\n');
+    for (const r of boundsResults.filter((b) => b.system === 'mirror')) {
+      if (r.peakRssBytes !== undefined) boundsChecks.push({ target: `${r.scenario}: peak RSS < 150 MiB`, ok: r.peakRssBytes < 150 * MiB, detail: fmtMiB(r.peakRssBytes) });
+      if (r.p99Ms !== undefined) boundsChecks.push({ target: `${r.scenario}: event-loop stall p99 < 20 ms`, ok: r.p99Ms < 20, detail: `${r.p99Ms.toFixed(2)} ms` });
+    }
+  }
+
   const rows = buildRows(big, concurrent);
   const table = renderTable(rows, results);
-  const checks = checkTargets(results, big);
+  const checks = [...checkTargets(results, big), ...boundsChecks];
   const totalSeconds = (performance.now() - t0) / 1000;
   const m = machine();
   const notes = results.flatMap((r) => r.notes);
@@ -619,8 +696,8 @@ async function main(): Promise<number> {
   console.log('');
   console.log(table);
   console.log('');
-  if (slowTable) {
-    console.log(slowTable);
+  for (const t of [slowTable, boundsTable].filter(Boolean)) {
+    console.log(t);
     console.log('');
   }
   if (checks.length) {
@@ -660,6 +737,7 @@ async function main(): Promise<number> {
       table,
       '',
       ...(slowTable ? [slowTable, ''] : []),
+      ...(boundsTable ? [boundsTable, ''] : []),
       ...(checks.length ? ['Targets (mirror):', '', ...checks.map((c) => `- ${c.ok ? '✅' : '❌'} ${c.target}: ${c.detail}`), ''] : []),
       ...notes.map((n) => `Note: ${n}`),
       '',

@@ -5,10 +5,12 @@
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
+import { pseudoRandomBytes, sha256, startFakeUpstream } from '../fixtures/fake-upstream.js';
 import { get } from '../fixtures/http-client.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
 import { startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
 import { seedStandardContent, type SeededContent } from '../fixtures/seed.js';
+import { waitFor } from '../fixtures/wait.js';
 
 let upstream: RealUpstream;
 let content: SeededContent;
@@ -144,6 +146,29 @@ describe('per-client budget of upstream misses', () => {
       expect((await getFrom(A, `${limited.url}/v2/library/busybox/manifests/${content.busybox.tag}`)).status).toBe(200);
     } finally {
       await limited.stop();
+    }
+  });
+
+  it('clients joining a download in flight for the same repository spend no budget and cost no upstream request', async () => {
+    // A blob asked for directly (no manifest first, so no link yet), held in flight by a slow upstream.
+    const slow = await startFakeUpstream();
+    const bytes = pseudoRandomBytes(1024 * 1024, 'joiners');
+    const digest = slow.addBlob(bytes, ['library/joined']);
+    slow.fault = (req) => (req.kind === 'blob' && req.method === 'GET' ? { bytesPerSecond: 512 * 1024 } : undefined);
+    const limited = await startMirror({ upstreamUrl: slow.url, document: { clientMisses: { perMinute: 3 } } });
+    try {
+      const url = `${limited.url}/v2/library/joined/blobs/${digest}`;
+      const first = get(url);
+      await waitFor(() => slow.count({ kind: 'blob', method: 'GET' }) === 1, 10_000, 'the download to start');
+      const joiners = await Promise.all(Array.from({ length: 10 }, () => get(url)));
+      const all = [await first, ...joiners];
+      expect(all.map((r) => r.status)).toEqual(Array(11).fill(200));
+      for (const r of all) expect(sha256(r.body)).toBe(digest);
+      expect(slow.count({ kind: 'blob', method: 'GET' })).toBe(1);
+      expect(slow.count({ kind: 'blob', method: 'HEAD' })).toBe(0);
+    } finally {
+      await limited.stop();
+      await slow.stop();
     }
   });
 });

@@ -160,7 +160,7 @@ describe('a global limit on concurrent downloads (downloads.maxConcurrent)', () 
     upstream.fault = (r) => {
       if (r.kind !== 'blob' || r.method !== 'GET') return undefined;
       // In flight: the upstream has not written all of its body yet (its close event can come a tick late).
-      peak = Math.max(peak, blobGets().filter((q) => !q.closed && (q.sent ?? 0) < 4 * MiB).length);
+      peak = Math.max(peak, blobGets().filter((q) => !q.closed && (q.bytesSent ?? 0) < 4 * MiB).length);
       return { bytesPerSecond: 8 * MiB };
     };
     const results = await Promise.all(blobs.map((b) => get(`${m.url}${b.path}`)));
@@ -218,7 +218,7 @@ describe('an abandoned download (downloads.abandonAfter)', () => {
     expect(left.truncated).toBe(true);
     await waitFor(() => blobGets()[0]?.closed === true, 10_000, 'the upstream connection to close');
     expect(blobGets()[0]!.completed).toBe(false);
-    expect(blobGets()[0]!.sent!).toBeLessThan(blob.bytes.length);
+    expect(blobGets()[0]!.bytesSent!).toBeLessThan(blob.bytes.length);
     await waitFor(() => readdirSync(join(m.storage, 'tmp')).length === 0, 10_000, 'the temp file to go');
     expect(existsSync(blobFile(m.storage, blob.digest))).toBe(false);
     expect(await metric(m, 'mirror_downloads_abandoned_total')).toBe(1);

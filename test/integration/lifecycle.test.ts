@@ -48,9 +48,10 @@ describe('bounded cache', () => {
     for (const b of blobs) {
       clock.advance(1000);
       expect((await get(`${mirror.url}/v2/team/app/blobs/${b.digest}`)).status).toBe(200);
-      // The last byte goes out before the rename into the store: wait for the commit, so
-      // that the next request for it is a cache hit (an access) and not a join.
-      await waitFor(() => existsSync(blobFile(mirror.storage, b.digest)));
+      // The last byte goes out before the rename into the store: wait for the commit (the
+      // index row, written after the rename and its directory sync), so that the next request
+      // for it is a cache hit (an access) and not a join, and its access time is this second's.
+      await waitFor(() => mirror.mirror.index.getBlob(b.digest) !== undefined);
     }
     // Touch the oldest so that it becomes the most recently used.
     clock.advance(1000);

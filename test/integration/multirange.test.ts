@@ -8,6 +8,7 @@ import { get, type Fetched } from '../fixtures/http-client.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
 import { bigLayer, buildImage, type Blob } from '../fixtures/oci-images.js';
 import { startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
+import { waitFor } from '../fixtures/wait.js';
 
 const MiB = 1024 * 1024;
 let upstream: RealUpstream;
@@ -179,8 +180,7 @@ describe('multi-range requests on blobs', () => {
     // From the store (a download in this test file or started here).
     const file = join(mirror.storage, 'blobs', 'sha256', cold.layer.digest.slice(7, 9), cold.layer.digest.slice(7));
     await fetchBlob(cold.url, { range: 'bytes=0-0' });
-    for (let i = 0; i < 200 && !existsSync(file); i++) await new Promise((r) => setTimeout(r, 50));
-    expect(existsSync(file)).toBe(true);
+    await waitFor(() => existsSync(file), 10_000, 'the blob in the store');
     const range = `bytes=0-${16 * MiB - 1},${24 * MiB}-${size - 1}`;
     const aborted = await get(cold.url, { headers: { range }, abortAfter: 1 * MiB });
     expect(aborted.status).toBe(206);
@@ -189,10 +189,13 @@ describe('multi-range requests on blobs', () => {
     const again = await fetchBlob(cold.url, { range });
     expectParts(again, cold.bytes, [[0, 16 * MiB - 1], [24 * MiB, size - 1]]);
     // A read left open would keep the blob busy, and eviction would pass it over.
-    for (let i = 0; i < 100 && existsSync(file); i++) {
-      await mirror.mirror.evictor.evict(0);
-      if (existsSync(file)) await new Promise((r) => setTimeout(r, 50));
-    }
-    expect(existsSync(file)).toBe(false);
+    await waitFor(
+      async () => {
+        await mirror.mirror.evictor.evict(0);
+        return !existsSync(file);
+      },
+      5_000,
+      'the blob to be evicted (no store read left open)',
+    );
   });
 });

@@ -1,6 +1,7 @@
 // Operating it in production (issue 7): metrics, health, graceful shutdown, TLS with
 // reload, client authentication, and the status page in a real browser.
 import { execFileSync } from 'node:child_process';
+import http from 'node:http';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +14,7 @@ import { get } from '../fixtures/http-client.js';
 import { addTinyImage } from '../fixtures/images-fake.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
 import { skopeoCopy } from '../fixtures/skopeo-client.js';
+import { deferred, waitFor } from '../fixtures/wait.js';
 
 const MiB = 1024 * 1024;
 let upstream: FakeUpstream;
@@ -48,13 +50,17 @@ describe('metrics and health', () => {
     addTinyImage(upstream, 'team/metrics', 'v1', 'metrics');
     const scrape = async () => (await get(`${mirror.url}/metrics`)).body.toString();
     const url = `${mirror.url}/v2/team/metrics/manifests/v1`;
-    expect((await get(url)).status).toBe(200);
-    expect((await get(url)).status).toBe(200);
+    const miss = await get(url);
+    expect(miss.status).toBe(200);
+    const hit = await get(url);
+    expect(hit.status).toBe(200);
     clock.advance(2 * 60_000);
     upstream.fault = () => ({ status: 503 });
-    expect((await get(url)).headers.warning).toBeDefined();
+    const stale = await get(url);
+    expect(stale.headers.warning).toBeDefined();
     upstream.fault = undefined;
-    await new Promise((r) => setTimeout(r, 50));
+    // Requests are counted when their response closes, with the access line.
+    for (const r of [miss, hit, stale]) await mirror.accessFor(r.headers);
     const text = await scrape();
     expect(metricValue(text, 'mirror_http_requests_total', { route: 'manifest', outcome: 'miss' })).toBe(1);
     expect(metricValue(text, 'mirror_http_requests_total', { route: 'manifest', outcome: 'hit' })).toBe(1);
@@ -72,25 +78,34 @@ describe('metrics and health', () => {
     expect((await get(`${mirror.url}/readyz`)).status).toBe(200);
     const bytes = pseudoRandomBytes(4 * MiB, 'shutdown');
     const digest = upstream.addBlob(bytes);
-    upstream.fault = (r) => (r.kind === 'blob' ? { bytesPerSecond: 4 * MiB } : undefined);
-    const inFlight = get(`${mirror.url}/v2/team/metrics/blobs/${digest}`);
-    await new Promise((r) => setTimeout(r, 200));
-    // A keep-alive connection opened before shutdown still reaches the server.
-    const closing = mirror.server.close(10_000);
-    const { request } = await import('node:http');
-    const ready = await new Promise<number>((resolve) => {
-      // The listening socket is closed: a new connection is refused, which is the point.
-      const req = request(`${mirror.url}/readyz`, (res) => resolve(res.statusCode ?? 0));
-      req.on('error', () => resolve(-1));
-      req.end();
-    });
-    expect([503, -1]).toContain(ready);
-    const finished = await inFlight;
-    expect(finished.status).toBe(200);
-    expect(finished.truncated).toBe(false);
-    expect(finished.body.equals(bytes)).toBe(true);
-    await closing;
-    upstream.fault = undefined;
+    // The upstream holds the blob after its first MiB until shutdown has begun.
+    const gate = deferred();
+    upstream.fault = (r) => (r.kind === 'blob' && r.method === 'GET' ? { hold: { afterBytes: 1 * MiB, until: gate.promise } } : undefined);
+    // One keep-alive connection: the blob's response is under way on it when shutdown begins,
+    // and the readiness check queued behind it goes out on that same connection afterwards.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      let answered = false;
+      const inFlight = get(`${mirror.url}/v2/team/metrics/blobs/${digest}`, { agent, onHeaders: () => (answered = true) });
+      await waitFor(() => answered, 10_000, 'the blob response to be under way');
+      const readyAfterwards = get(`${mirror.url}/readyz`, { agent });
+      const closing = mirror.server.close(10_000);
+      // The listening socket is closed: a new connection is refused.
+      await expect(get(`${mirror.url}/readyz`)).rejects.toThrow(/ECONNREFUSED/);
+      gate.resolve();
+      const finished = await inFlight;
+      expect(finished.status).toBe(200);
+      expect(finished.truncated).toBe(false);
+      expect(finished.body.equals(bytes)).toBe(true);
+      const ready = await readyAfterwards;
+      expect(ready.status).toBe(503);
+      expect(ready.body.toString()).toBe('shutting down\n');
+      expect(ready.headers.connection).toBe('close');
+      await closing;
+    } finally {
+      upstream.fault = undefined;
+      agent.destroy();
+    }
   });
 });
 
@@ -158,8 +173,10 @@ describe('client authentication', () => {
       expect((await get(`${mirror.url}/healthz`)).status).toBe(200);
       const logs = mirror.logs.map((l) => JSON.stringify(l)).join('\n');
       expect(logs).toContain('client authentication failed');
-      expect(logs).not.toContain('guess');
-      expect(logs).not.toContain('s3cret-pass');
+      // Neither the passwords nor the Basic headers that carried them.
+      for (const secret of ['guess', 's3cret-pass', ...['ops:guess', 'ops:s3cret-pass', 'eve:s3cret-pass'].map((c) => Buffer.from(c).toString('base64'))]) {
+        expect([secret, logs.includes(secret)]).toEqual([secret, false]);
+      }
       // The user's credentials never reach the upstream either.
       for (const r of upstream.requests) expect(r.authorization ?? '').not.toContain(Buffer.from('ops:s3cret-pass').toString('base64'));
     } finally {
@@ -179,10 +196,14 @@ describe('status page', () => {
     });
     try {
       const image = addTinyImage(upstream, 'library/nginx', '1.25', 'status-page');
-      expect((await get(`${mirror.url}/v2/library/nginx/manifests/1.25`)).status).toBe(200);
-      expect((await get(`${mirror.url}/v2/library/nginx/manifests/1.25`)).status).toBe(200);
-      expect((await get(`${mirror.url}/v2/library/nginx/blobs/${image.layer}`)).status).toBe(200);
-      await new Promise((r) => setTimeout(r, 50));
+      const pulls = [
+        await get(`${mirror.url}/v2/library/nginx/manifests/1.25`),
+        await get(`${mirror.url}/v2/library/nginx/manifests/1.25`),
+        await get(`${mirror.url}/v2/library/nginx/blobs/${image.layer}`),
+      ];
+      for (const r of pulls) expect(r.status).toBe(200);
+      // What the page shows is recorded when each response closes.
+      for (const r of pulls) await mirror.accessFor(r.headers);
       const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
       await page.goto(`${mirror.url}/`);
       expect(await page.title()).toBe('registry-mirror');
@@ -193,6 +214,61 @@ describe('status page', () => {
       expect(await page.locator('#cache').innerText()).toContain('of 1.0 GiB');
       const shot = await page.screenshot({ path: process.env.STATUS_SCREENSHOT ?? join(work, 'status.png'), fullPage: true });
       // A rendered page, not a blank one: plenty of distinct bytes in the PNG.
+      expect(shot.length).toBeGreaterThan(20_000);
+    } finally {
+      await browser.close();
+      await mirror.stop();
+    }
+  });
+  it.skipIf(!existsSync(chromium))('leads with what the mirror saved: today, 30 days as an inline chart, pulls left; readable without JavaScript', async () => {
+    const { chromium: launcher } = await import('playwright-core');
+    const DAY = 86_400_000;
+    const clock = new ManualClock(Date.UTC(2026, 4, 18, 9));
+    const mirror = await startMirror({ upstreamUrl: upstream.url, clock });
+    const browser = await launcher.launch({
+      executablePath: chromium,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    try {
+      // Three days of traffic: each day a blob and a tag fetched twice (the second time saved).
+      const mib = [3, 1, 2];
+      for (const [day, size] of mib.entries()) {
+        if (day > 0) clock.advance(DAY);
+        const blob = upstream.addBlob(pseudoRandomBytes(size * MiB, `saved-${day}`), ['team/saved']);
+        addTinyImage(upstream, 'team/saved', `day${day}`, `saved-${day}`);
+        for (let i = 0; i < 2; i++) {
+          expect((await get(`${mirror.url}/v2/team/saved/blobs/${blob}`)).status).toBe(200);
+          expect((await get(`${mirror.url}/v2/team/saved/manifests/day${day}`)).status).toBe(200);
+        }
+      }
+      const page = await browser.newPage({ viewport: { width: 1100, height: 1000 }, javaScriptEnabled: false });
+      await page.goto(`${mirror.url}/`);
+      // The page has no script at all, and the savings come first.
+      expect(await page.locator('script').count()).toBe(0);
+      expect(await page.locator('h2').first().innerText()).toBe('What the mirror saved its upstreams');
+      const today = await page.locator('#saved-today').innerText();
+      expect(today).toContain('2026-05-20');
+      expect(today).toContain('2.0 MiB');
+      expect(today).toContain('1 pull not sent upstream');
+      expect(today).toMatch(/cache: 2\.0 MiB/);
+      expect(today).toMatch(/tag-fresh: 1 pull/);
+      expect(await page.locator('#saved-30d').innerText()).toMatch(/6\.0 MiB\s+3 pulls not sent upstream/);
+      expect(await page.locator('#quota').innerText()).toMatch(/docker\.io \(anonymous\): unknown/);
+      // The charts: 30 bars each, drawn inline; the three days with traffic have height.
+      const chart = page.locator('svg#saved-bytes-chart');
+      expect((await chart.boundingBox())!.width).toBeGreaterThan(300);
+      const bars = chart.locator('rect');
+      expect(await bars.count()).toBe(30);
+      const heights = await Promise.all(Array.from({ length: 30 }, (_, i) => bars.nth(i).getAttribute('height').then(Number)));
+      expect(heights.slice(0, 27).every((h) => h === 0)).toBe(true);
+      expect(heights[27]).toBeGreaterThan(heights[29]!);
+      expect(heights[29]).toBeGreaterThan(heights[28]!);
+      expect(await bars.nth(27).locator('title').textContent()).toBe('2026-05-18: 3.0 MiB');
+      expect(await page.locator('svg#saved-pulls-chart rect[height="0.0"]').count()).toBe(27);
+      // The figures per day, behind a <details> that opens without script.
+      await page.locator('details summary').click();
+      expect(await page.locator('#saved-daily').innerText()).toMatch(/2026-05-19\s+1\.0 MiB\s+1/);
+      const shot = await page.screenshot({ path: process.env.SAVED_SCREENSHOT ?? join(work, 'saved.png'), fullPage: true });
       expect(shot.length).toBeGreaterThan(20_000);
     } finally {
       await browser.close();

@@ -4,10 +4,11 @@
 // manual clock (no sleeping through TTLs).
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
-import { startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
+import { sha256, startFakeUpstream, type FakeUpstream } from '../fixtures/fake-upstream.js';
 import { get } from '../fixtures/http-client.js';
 import { addTinyImage } from '../fixtures/images-fake.js';
 import { startMirror, type TestMirror } from '../fixtures/mirror.js';
+import { deferred } from '../fixtures/wait.js';
 
 const MINUTE = 60_000;
 let upstream: FakeUpstream;
@@ -119,18 +120,30 @@ describe('retries and time-outs', () => {
     const started = Date.now();
     const r = await get(`${mirror.url}/v2/team/slowdown/manifests/v1`);
     expect(r.status).toBe(200);
+    // One 429, one retry after the second the upstream asked for (not the back-off's 10 ms).
+    expect(upstream.requests.filter((q) => q.kind === 'manifest' && q.status !== 401).map((q) => q.status)).toEqual([429, 200]);
+    const retries = mirror.logs.filter((l) => l.msg === 'retrying upstream request' && l.path === '/v2/team/slowdown/manifests/v1');
+    expect(retries.map((l) => [l.status, l.delayMs])).toEqual([[429, 1000]]);
     expect(Date.now() - started).toBeGreaterThanOrEqual(950);
   });
 
   it('gives up on an upstream that does not answer within the header time-out', async () => {
     addTinyImage(upstream, 'team/stalled', 'v1', 'stalled');
-    upstream.fault = (r) => (r.kind === 'manifest' ? { delayMs: 10_000 } : undefined);
-    const started = Date.now();
-    const r = await get(`${mirror.url}/v2/team/stalled/manifests/v1`);
-    expect(r.status).toBe(502);
-    expect(errorOf(r.body).code).toBe('UNAVAILABLE');
-    // 3 attempts of a 2 s header time-out plus back-off, not 30 s.
-    expect(Date.now() - started).toBeLessThan(9_000);
+    // The upstream never answers (until the test is over): only the time-out can end each attempt.
+    const never = deferred();
+    upstream.fault = (r) => (r.kind === 'manifest' ? { gate: never.promise } : undefined);
+    try {
+      const r = await get(`${mirror.url}/v2/team/stalled/manifests/v1`);
+      expect(r.status).toBe(502);
+      const e = errorOf(r.body);
+      expect(e.code).toBe('UNAVAILABLE');
+      expect(e.message).toMatch(/docker\.io is unreachable: UND_ERR_HEADERS_TIMEOUT/);
+      // The first attempt and the two retries configured, each given up on.
+      expect(upstream.count({ kind: 'manifest', authorized: true })).toBe(3);
+      expect(upstream.requests.filter((q) => q.kind === 'manifest' && q.status !== 401).every((q) => q.status === undefined)).toBe(true);
+    } finally {
+      never.resolve();
+    }
   });
 });
 
@@ -149,16 +162,44 @@ describe('token expiry mid-pull', () => {
   });
 });
 
+describe('tokens per repository', () => {
+  it('asks for one token per repository scope and sends each only where its scope holds (no 401 round trips)', async () => {
+    await cachedTag(); // the upstream's challenge is known from here on
+    const repos = [`team/scoped-a${serial}`, `team/scoped-b${serial}`];
+    const layers = repos.map((repo) => [1, 2, 3].map((i) => upstream.addBlob(Buffer.from(`scoped ${repo} ${i}`), [repo])));
+    upstream.reset();
+    // Alternate between the two repositories, each blob a cold fetch.
+    for (let i = 0; i < 3; i++) {
+      for (const [r, repo] of repos.entries()) {
+        const b = await get(`${mirror.url}/v2/${repo}/blobs/${layers[r]![i]}`);
+        expect(b.status).toBe(200);
+        expect(sha256(b.body)).toBe(layers[r]![i]);
+      }
+    }
+    for (const repo of repos) {
+      const scope = new URLSearchParams({ scope: `repository:${repo}:pull` }).toString();
+      expect([repo, upstream.requests.filter((q) => q.kind === 'token' && q.query.includes(scope)).length]).toEqual([repo, 1]);
+    }
+    expect(upstream.count({ kind: 'token' })).toBe(2);
+    expect(upstream.requests.filter((q) => q.status === 401)).toEqual([]);
+    expect(upstream.count({ kind: 'blob', method: 'GET' })).toBe(6);
+  });
+});
+
 describe('circuit breaker', () => {
   it('after repeated failures answers from the cache at once, then probes once the cooldown is over', async () => {
     const tag = await cachedTag();
     clock.advance(11 * MINUTE);
     upstream.fault = (r) => (r.kind === 'manifest' ? { status: 503 } : undefined);
-    // Three failing requests (each with its retries) open the breaker.
+    upstream.reset();
+    // Three failing requests (each with its retries) open the breaker: each one is the upstream's 503, passed on.
     for (let i = 0; i < 3; i++) {
       const missing = await get(`${mirror.url}/v2/team/nothing${i}/manifests/v1`);
-      expect(missing.status).toBeGreaterThanOrEqual(500);
+      expect(missing.status).toBe(503);
+      expect(errorOf(missing.body)).toMatchObject({ code: 'UNAVAILABLE', detail: { upstream: 'docker.io', status: 503 } });
+      expect(errorOf(missing.body).message).not.toMatch(/marked down/);
     }
+    expect(upstream.count({ kind: 'manifest', authorized: true })).toBe(3 * 3);
     upstream.reset();
     const stale = await get(tag.url);
     expect(stale.status).toBe(200);

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { parseTokenResponse, parseWwwAuthenticate, TokenCache } from '../../src/upstream/auth.js';
+import { deferred } from '../fixtures/wait.js';
 
 describe('WWW-Authenticate', () => {
   it("parses Docker Hub's Bearer challenge", () => {
@@ -62,12 +63,18 @@ describe('token cache', () => {
     const clock = new ManualClock();
     const cache = new TokenCache(clock);
     let fetches = 0;
+    let answer = deferred();
     const fetch = async () => {
       fetches++;
-      await new Promise((r) => setTimeout(r, 10));
+      // The token endpoint answers only once every caller is waiting.
+      await answer.promise;
       return { token: `t${fetches}`, expiresAt: clock.now() + 60_000 };
     };
-    const tokens = await Promise.all(Array.from({ length: 10 }, () => cache.getOrFetch('k', fetch)));
+    const all = Promise.all(Array.from({ length: 10 }, () => cache.getOrFetch('k', fetch)));
+    answer.resolve();
+    const tokens = await all;
+    answer = deferred();
+    answer.resolve();
     expect(new Set(tokens)).toEqual(new Set(['t1']));
     cache.invalidate('k');
     expect(await cache.getOrFetch('k', fetch)).toBe('t2');

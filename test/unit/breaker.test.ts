@@ -106,6 +106,25 @@ describe('circuit breaker', () => {
     expect(breaker.state).toBe('closed');
   });
 
+  it('a probe answered with a 5xx for one repository opens it again too (the upstream is still unwell)', () => {
+    const clock = new ManualClock();
+    const breaker = new CircuitBreaker(3, COOLDOWN, clock);
+    for (const repository of ['team/a', 'team/b', 'team/c']) attempt(breaker, { repository });
+    expect(breaker.state).toBe('open');
+    // While open, no repository gets through.
+    expect(attempt(breaker, { repository: 'team/d' })).toBe(false);
+    clock.advance(COOLDOWN);
+    expect(attempt(breaker, { repository: 'team/a' })).toBe(true);
+    expect(breaker.state).toBe('open');
+    expect(breaker.retryInMs()).toBe(COOLDOWN);
+    clock.advance(COOLDOWN);
+    expect(attempt(breaker, 'ok')).toBe(true);
+    expect(breaker.state).toBe('closed');
+    // Closed again: one repository's 5xx answers alone do not open it.
+    for (let i = 0; i < 10; i++) attempt(breaker, { repository: 'team/a' });
+    expect(breaker.state).toBe('closed');
+  });
+
   it('threshold 0 never opens', () => {
     const clock = new ManualClock();
     const breaker = new CircuitBreaker(0, COOLDOWN, clock);

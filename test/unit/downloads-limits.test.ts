@@ -292,6 +292,6 @@ describe('BlobDownload', () => {
     expect(download.createReader(0, undefined)).toBeUndefined();
     release();
     await download.finished;
-    expect(download.createReader(0, undefined)).toBeUndefined();
+    expect(() => download.createReader(0, undefined)).toThrow(/not running/);
   });
 });

@@ -56,6 +56,19 @@ describe('UpstreamSelector', () => {
     expect(s.select('etcd', 'quay.io').repository).toBe('etcd');
   });
 
+  it('remembers routes per name and namespace, never one for the other', () => {
+    const s = selector();
+    expect(s.select('org/app', 'ghcr.io').upstream.name).toBe('ghcr.io');
+    expect(s.select('org/app', null).upstream.name).toBe('docker.io');
+    expect(s.select('org/app', 'quay.io').upstream.name).toBe('quay.io');
+    expect(s.select('org/app', 'ghcr.io').upstream.name).toBe('ghcr.io');
+    // An empty ns= names no registry: the default upstream.
+    expect(s.select('org/app', '').upstream.name).toBe('docker.io');
+    // A refusal is not remembered as a route.
+    expect(refusal(() => s.select('public/a/b', 'ghcr.io'))).toEqual({ code: 'DENIED', status: 403 });
+    expect(refusal(() => s.select('public/a/b', 'ghcr.io'))).toEqual({ code: 'DENIED', status: 403 });
+  });
+
   it('refuses registries it does not mirror', () => {
     const s = selector();
     expect(refusal(() => s.select('library/alpine', 'evil.example.com'))).toEqual({ code: 'NAME_UNKNOWN', status: 404 });

@@ -9,6 +9,7 @@ export async function handleManifest(mirror: Mirror, ctx: RequestContext, name: 
   const ref = parseManifestReference(reference);
   const result = await mirror.getManifest(route, ref, ctx.req.headers.accept, { client: ctx.client });
   ctx.outcome = result.outcome;
+  ctx.manifest = result;
   const { res } = ctx;
   // The hot path: one writeHead with every header, no per-header bookkeeping.
   const headers: Record<string, string | number> = {
