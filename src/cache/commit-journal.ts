@@ -217,8 +217,8 @@ export class JournaledStore implements BlobStore {
     return this.inner.createReadStream(digest, start, end);
   }
 
-  read(digest: Digest): Promise<Buffer | undefined> {
-    return this.inner.read(digest);
+  read(digest: Digest, maxBytes?: number): Promise<Buffer | undefined> {
+    return this.inner.read(digest, maxBytes);
   }
 
   async commit(tempPath: string, digest: Digest): Promise<void> {

@@ -143,7 +143,7 @@ export async function reconcileDigest(
  */
 export async function adoptStored(store: BlobStore, index: CacheIndex, digest: Digest, size: number, now: number): Promise<boolean> {
   if (size > 0 && size <= MAX_MANIFEST_BYTES && (await firstByte(store, digest)) === '{') {
-    const bytes = await store.read(digest);
+    const bytes = await store.read(digest, MAX_MANIFEST_BYTES);
     if (!bytes) return false;
     const manifest = manifestIn(bytes);
     if (manifest) {
