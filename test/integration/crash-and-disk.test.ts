@@ -34,6 +34,8 @@ describe('kill -9 during downloads', () => {
 
       const first = await startMirrorProcess(['--storage', storage, '--upstream', upstream.url, '--log-level', 'info']);
       expect((await get(`${first.url}/v2/team/app/blobs/${committedDigest}`)).status).toBe(200);
+      // The client's last byte comes once the digest checks out; the commit (fsync, rename) follows.
+      await waitFor(() => existsSync(blobFile(storage, committedDigest)), 10_000, 'the first blob to be committed');
       // Start the slow download, let some bytes land, then kill the process outright.
       const cut = get(`${first.url}/v2/team/app/blobs/${partialDigest}`).catch(() => undefined);
       // Some bytes landed in the temp file (a download well under way, far from done).
