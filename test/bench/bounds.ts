@@ -15,7 +15,7 @@ import bcrypt from 'bcryptjs';
 import type { Blob } from '../fixtures/oci-images.js';
 import type { RealUpstream } from '../fixtures/real-upstream.js';
 import { ROOT, type RunningSystem } from './systems.js';
-import { percentile } from './tools.js';
+import { percentile, settle } from './tools.js';
 
 const MiB = 1024 * 1024;
 
@@ -71,18 +71,6 @@ function getPausedThenRead(url: string, pauseMs: number): Promise<{ status: numb
   });
 }
 
-/** Wait until the upstream has been quiet for `quietMs` (bounded). */
-async function upstreamQuiet(upstream: RealUpstream, quietMs: number, maxMs: number): Promise<void> {
-  const until = Date.now() + maxMs;
-  let last = -1;
-  while (Date.now() < until) {
-    const now = upstream.bytes({}) + upstream.requests.length;
-    if (now === last) return;
-    last = now;
-    await new Promise((r) => setTimeout(r, quietMs));
-  }
-}
-
 /** Peak RSS of `sys` sampled every 50 ms while `work` runs (VmHWM covers the gaps). */
 async function withRssSampling<T>(sys: RunningSystem, work: () => Promise<T>): Promise<T> {
   const timer = setInterval(() => sys.peakRss(), 50);
@@ -104,7 +92,7 @@ export async function dropCrowd(sys: RunningSystem, upstream: RealUpstream, blob
       }),
     );
     // What the dropped downloads go on costing: the upstream's bytes until it is quiet (bounded at 90 s).
-    await upstreamQuiet(upstream, 2000, 90_000);
+    await settle(upstream, 2000, 90_000);
     return all;
   });
   const ok = statuses.filter((s) => s === 200).length;

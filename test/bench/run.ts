@@ -24,7 +24,7 @@ import { bigLayer, buildImage, smallLayer, type Image } from '../fixtures/oci-im
 import { startRealUpstream, type RealUpstream } from '../fixtures/real-upstream.js';
 import { MANIFEST_ACCEPT, type PullOptions, type PullResult } from './pull-client.js';
 import { ROOT, running, startDistributionProxy, startMirror, startNginx, type RunningSystem, type SystemKey } from './systems.js';
-import { curlDownload, ensureAptPackage, hasCommand, loadTest, percentile, run, summarizeCpuProfile, type LoadResult } from './tools.js';
+import { curlDownload, ensureAptPackage, hasCommand, loadTest, percentile, run, settle, summarizeCpuProfile, type LoadResult } from './tools.js';
 
 const MiB = 1024 * 1024;
 const BENCH_DEADLINE_MS = 15 * 60_000;
@@ -136,18 +136,6 @@ interface SystemResult {
   peakRssRun2?: number;
   profiles: string[];
   notes: string[];
-}
-
-/** Wait until the upstream front has been quiet for a moment (reference systems go on fetching after the client is done). */
-async function settle(upstream: RealUpstream, quietMs = 500, maxMs = 15_000): Promise<void> {
-  const until = Date.now() + maxMs;
-  let last = -1;
-  while (Date.now() < until) {
-    const now = upstream.bytes({}) + upstream.requests.length;
-    if (now === last) return;
-    last = now;
-    await new Promise((r) => setTimeout(r, quietMs));
-  }
 }
 
 const rssNote = (sys: RunningSystem) => `peak RSS so far ${(sys.peakRss() / MiB).toFixed(1)} MiB`;

@@ -3,6 +3,7 @@
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { RealUpstream } from '../fixtures/real-upstream.js';
 import { ROOT } from './systems.js';
 
 export interface ExecResult {
@@ -188,4 +189,16 @@ export function summarizeCpuProfile(path: string, top = 20): string {
   lines.push('  self time by module:');
   for (const [file, us] of [...byFile].sort((a, b) => b[1] - a[1]).slice(0, 12)) lines.push(`  ${pct(us)}  ${file}`);
   return lines.join('\n');
+}
+
+/** Wait until the upstream front has been quiet for a moment (reference systems go on fetching after the client is done). */
+export async function settle(upstream: RealUpstream, quietMs = 500, maxMs = 15_000): Promise<void> {
+  const until = Date.now() + maxMs;
+  let last = -1;
+  while (Date.now() < until) {
+    const now = upstream.bytes({}) + upstream.requests.length;
+    if (now === last) return;
+    last = now;
+    await new Promise((r) => setTimeout(r, quietMs));
+  }
 }

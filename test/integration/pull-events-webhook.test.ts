@@ -54,6 +54,18 @@ async function pull(m: TestMirror): Promise<string> {
 const eventsOf = (body: unknown) => (typeof body === 'string' ? JSON.parse(body) : body) as PullEvent[];
 
 /** A webhook that answers 200 from now on (after the interceptors registered before it), recording what it got. */
+/** A webhook that takes each POST and holds its answer until the test calls the matching `held` entry. */
+function holdingWebhook(): { held: (() => void)[]; received: PullEvent[] } {
+  const held: (() => void)[] = [];
+  const received: PullEvent[] = [];
+  nock(HOOK).post('/pulls').reply((_uri, body, callback) => {
+    received.push(...eventsOf(body));
+    held.push(() => callback(null, [200, '']));
+  });
+  recovered(received);
+  return { held, received };
+}
+
 function recovered(received: PullEvent[]): nock.Scope {
   return nock(HOOK).post('/pulls').times(1000).reply(200, (_uri, body) => {
     received.push(...eventsOf(body));
@@ -96,13 +108,7 @@ describe('webhook failure modes', () => {
   });
 
   it('slow: a pull completes while the webhook request is still held open', async () => {
-    const held: (() => void)[] = [];
-    const received: PullEvent[] = [];
-    nock(HOOK).post('/pulls').reply((_uri, body, callback) => {
-      received.push(...eventsOf(body));
-      held.push(() => callback(null, [200, '']));
-    });
-    recovered(received);
+    const { held, received } = holdingWebhook();
     const m = await startWithWebhook({ batchSize: 1 });
     const first = await pull(m);
     await waitFor(() => held.length === 1, 10_000, 'the webhook to hold the first POST');
@@ -136,13 +142,7 @@ describe('webhook failure modes', () => {
   });
 
   it('a full queue drops the oldest waiting events and counts them; the batch in flight is kept', async () => {
-    const held: (() => void)[] = [];
-    const received: PullEvent[] = [];
-    nock(HOOK).post('/pulls').reply((_uri, body, callback) => {
-      received.push(...eventsOf(body));
-      held.push(() => callback(null, [200, '']));
-    });
-    recovered(received);
+    const { held, received } = holdingWebhook();
     const m = await startWithWebhook({ batchSize: 1, queueSize: 5 });
     const tags = [await pull(m)];
     await waitFor(() => held.length === 1, 10_000, 'the first POST');
