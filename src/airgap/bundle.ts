@@ -13,7 +13,7 @@ import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import type { Mirror } from '../mirror.js';
 import { DigestVerifier } from '../oci/digest.js';
-import { childDescriptors, childDigests, parseManifest, type Platform } from '../oci/manifest.js';
+import { childDescriptors, childDigests, MAX_MANIFEST_BYTES, parseManifest, type Platform } from '../oci/manifest.js';
 import { MediaType } from '../oci/media-types.js';
 import { parseDigest } from '../oci/reference.js';
 import { isReferrersTag, referrerFactsOf } from '../oci/referrers.js';
@@ -201,12 +201,16 @@ export async function importBundle(mirror: Mirror, path: string): Promise<Import
     const closures = new Map<string, Set<string>>();
     const readStaged = async (digest: string): Promise<Buffer> => {
       const s = staged.get(digest);
+      // A manifest is small: a bundle naming a big blob as one must not make the import read it whole.
+      if (s && s.size > MAX_MANIFEST_BYTES) throw new BundleError(`${digest} is referenced as a manifest but is ${s.size} bytes (a manifest is at most ${MAX_MANIFEST_BYTES})`);
       if (s) {
         const chunks: Buffer[] = [];
         for await (const c of createReadStream(s.path) as AsyncIterable<Buffer>) chunks.push(c);
         return Buffer.concat(chunks);
       }
-      const cached = await mirror.store.read(parseDigest(digest));
+      const cached = await mirror.store.read(parseDigest(digest), MAX_MANIFEST_BYTES).catch((err: unknown) => {
+        throw new BundleError(`${digest} is referenced as a manifest but the cached content is not one: ${(err as Error).message}`);
+      });
       if (!cached) throw new BundleError(`${digest} is referenced but missing from the bundle`);
       return cached;
     };

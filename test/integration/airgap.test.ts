@@ -129,4 +129,23 @@ describe('prewarm, export, import, pull offline', () => {
       expect(existsSync(join(storage, 'blobs', 'sha256')) ? readdirSync(join(storage, 'blobs', 'sha256')) : []).toEqual([]);
     }
   });
+  it('refuses a bundle that names a big blob as a manifest without reading it into memory', async () => {
+    const big = Buffer.alloc(5 * 1024 * 1024, 7);
+    const digest = sha(big);
+    const pack = tar.pack();
+    pack.entry({ name: 'oci-layout' }, JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+    const index = { schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest, size: big.length, annotations: { 'org.opencontainers.image.ref.name': 'docker.io/library/big:latest' } }] };
+    pack.entry({ name: 'index.json' }, JSON.stringify(index));
+    pack.entry({ name: `blobs/sha256/${digest.slice(7)}` }, big);
+    pack.finalize();
+    const chunks: Buffer[] = [];
+    for await (const c of pack as AsyncIterable<Buffer>) chunks.push(c);
+    const file = join(work, 'big-manifest.tar');
+    writeFileSync(file, Buffer.concat(chunks));
+    const storage = join(work, 'refused-big-manifest');
+    const r = await runCli(['import', file, '--storage', storage, '--offline']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/referenced as a manifest but is 5242880 bytes/);
+    expect(r.stderr).toMatch(/nothing was added/);
+  });
 });
