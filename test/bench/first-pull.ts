@@ -85,6 +85,13 @@ export interface Check {
   detail: string;
 }
 
+interface RoundTrips {
+  requests: number;
+  tokens: number;
+  unauthorized: number;
+  blobGets: number;
+}
+
 interface Cell {
   value: number;
   text: string;
@@ -182,7 +189,7 @@ export async function firstPull(ctx: FirstPullContext): Promise<{ table: string;
     }
     for (const column of columns(true)) {
       const peaks = rssByColumn.get(`slow ${column.name}`);
-      if (peaks) set('… peak RSS per process during these pulls (VmRSS every 100 ms)', column.name, { value: Math.max(...peaks.map((p) => p.bytes)), text: formatPeaks(peaks) });
+      if (peaks) set('… peak RSS per process during the slow-link pulls (VmRSS every 100 ms)', column.name, { value: Math.max(...peaks.map((p) => p.bytes)), text: formatPeaks(peaks) });
     }
   }
 
@@ -190,6 +197,7 @@ export async function firstPull(ctx: FirstPullContext): Promise<{ table: string;
     // What the defaults cost where there is nothing to gain: the median of a few cold pulls each, interleaved.
     const mirrors = columns(false).filter((c) => c.name !== DIRECT && c.name !== DISTRIBUTION);
     const times = new Map<string, number[]>();
+    const trips = new Map<string, RoundTrips>();
     for (let round = 0; round < LOOPBACK_ROUNDS; round++) {
       for (const img of ctx.images) {
         for (const column of mirrors) {
@@ -197,7 +205,7 @@ export async function firstPull(ctx: FirstPullContext): Promise<{ table: string;
           const key = `${img.repository} ${column.name}`;
           times.set(key, [...(times.get(key) ?? []), r.result.ms]);
           if (r.rss) rssByColumn.set(`loop ${column.name}`, mergePeaks(rssByColumn.get(`loop ${column.name}`) ?? [], r.rss));
-          if (round === 0 && img === ctx.twelve) roundTrips(column.name, r);
+          if (round === 0 && img === ctx.twelve) trips.set(column.name, r);
         }
       }
     }
@@ -209,17 +217,18 @@ export async function firstPull(ctx: FirstPullContext): Promise<{ table: string;
         log(`loopback: ${img.title}: ${column.name} median ${ms(m)} [${all.map(ms).join(', ')}]`);
       }
     }
-    // The reference systems: one cold pull of the new repository, for its round trips.
-    if (ctx.twelve) {
-      for (const column of columns(false).filter((c) => !mirrors.some((m) => m.name === c.name))) {
-        const start = column.start && (() => column.start!(upstream.url));
-        roundTrips(column.name, await coldPull(column.name, start, upstream.url, { repository: ctx.twelve.repository, reference: '1' }));
-      }
-    }
     for (const column of mirrors) {
       const peaks = rssByColumn.get(`loop ${column.name}`);
       if (peaks) set('… peak RSS per process during the loopback pulls (VmRSS every 100 ms)', column.name, { value: Math.max(...peaks.map((p) => p.bytes)), text: formatPeaks(peaks) });
     }
+    // The reference systems: one cold pull of the new repository, for its round trips.
+    if (ctx.twelve) {
+      for (const column of columns(false).filter((c) => !mirrors.some((m) => m.name === c.name))) {
+        const start = column.start && (() => column.start!(upstream.url));
+        trips.set(column.name, await coldPull(column.name, start, upstream.url, { repository: ctx.twelve.repository, reference: '1' }));
+      }
+    }
+    for (const [column, r] of trips) roundTrips(column, r);
 
     // The prefetch cost: a client that has all layers but the last two.
     if (ctx.twelve) {
@@ -237,9 +246,8 @@ export async function firstPull(ctx: FirstPullContext): Promise<{ table: string;
     }
   }
 
-  function roundTrips(column: string, r: { requests: number; tokens: number; unauthorized: number; blobGets: number }) {
-    const title = ctx.twelve?.title ?? 'the image';
-    set(`round trips: upstream requests + token requests per cold pull of a new repository (${title}, loopback)`, column, {
+  function roundTrips(column: string, r: RoundTrips) {
+    set(`round trips: upstream + token requests per cold pull of a new repository (${ctx.twelve?.repository ?? 'the image'}, loopback)`, column, {
       value: r.requests + r.tokens,
       text: `${r.requests + r.tokens} (${r.unauthorized}× 401, ${r.tokens} token, ${r.blobGets} blob GETs)`,
     });

@@ -423,6 +423,7 @@ function renderTable(rows: Row[], results: SystemResult[]): string {
       : [];
     lines.push([row.label, ...cells, ...ratios]);
   }
+  if (!lines.length) return '';
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
   const fmt = (cells: string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
   return [fmt(header), `|${widths.map((w, i) => (i === 0 ? `${'-'.repeat(w + 1)}-` : `${'-'.repeat(w + 1)}:`)).join('|')}|`, ...lines.map(fmt)].join('\n');
@@ -769,7 +770,7 @@ async function main(): Promise<number> {
   if (noisy || busyAfter > 0.15) notes.push(`${idleNote} Other processes were using the cores: treat the numbers as noisy.`);
 
   console.log('');
-  console.log(table);
+  if (table) console.log(table);
   console.log('');
   for (const t of [firstPullTable, boundsTable].filter(Boolean)) {
     console.log(t);
@@ -811,8 +812,7 @@ async function main(): Promise<number> {
       'fetches once but `proxy_cache_lock` holds every other client until the whole blob is cached (it polls the lock',
       'every 500 ms), which the time-to-first-byte rows show; the mirror fetches once and streams to all of them at once.',
       '',
-      table,
-      '',
+      ...(table ? [table, ''] : []),
       ...(firstPullTable ? [firstPullTable, ''] : []),
       ...(boundsTable ? [boundsTable, ''] : []),
       ...(checks.length ? ['Targets (mirror):', '', ...checks.map((c) => `- ${c.ok ? '✅' : '❌'} ${c.target}: ${c.detail}`), ''] : []),
