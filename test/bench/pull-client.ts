@@ -22,6 +22,8 @@ export interface PullOptions {
   /** Layers fetched at once (docker: 3). */
   parallel?: number;
   timeoutMs?: number;
+  /** Layers the client already has (by digest): it does not fetch them, as docker skips layers it has. */
+  skipLayers?: string[];
 }
 
 export interface BlobTiming {
@@ -34,6 +36,8 @@ export interface BlobTiming {
   /** ms from this blob's request to its first body byte. */
   firstByteMs: number;
   totalMs: number;
+  /** The mirror's `X-Mirror-Worker` response header: which of its worker processes answered. */
+  worker?: string;
 }
 
 export interface PullResult {
@@ -156,6 +160,7 @@ export async function pull(options: PullOptions, beforeLayers?: () => Promise<vo
       if (digest !== d.digest || size !== d.size) throw new Error(`blob ${d.digest} from ${baseUrl}: got ${size} bytes with ${digest}`);
       const done = performance.now();
       bytes += size;
+      const worker = res.headers['x-mirror-worker'];
       blobs.push({
         digest: d.digest,
         size,
@@ -163,11 +168,13 @@ export async function pull(options: PullOptions, beforeLayers?: () => Promise<vo
         headersMs: headersAt - requestAt,
         firstByteMs: (firstByteAt || done) - requestAt,
         totalMs: done - requestAt,
+        ...(worker !== undefined ? { worker: String(worker) } : {}),
       });
     };
     await fetchBlob(manifest.config);
     await beforeLayers?.();
-    const queue = [...manifest.layers];
+    const have = new Set(options.skipLayers ?? []);
+    const queue = manifest.layers.filter((l) => !have.has(l.digest));
     await Promise.all(
       Array.from({ length: Math.min(parallel, queue.length) }, async () => {
         for (let d = queue.shift(); d; d = queue.shift()) await fetchBlob(d);

@@ -1,12 +1,9 @@
-// The "slow link" scenario (issue 8): the upstream sits behind a shaping front that limits
+// The "slow link" (issues 8 and 15): the upstream sits behind a shaping front that limits
 // every TCP connection to a fixed rate and adds latency, like a distant CDN seen from a
-// slow region. Cold pull of the big image: the mirror with segmented downloads vs
-// distribution's proxy mode vs pulling directly from the (shaped) upstream.
+// slow region. The rows that use it are in first-pull.ts.
 
-import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { join } from 'node:path';
 import { Transform } from 'node:stream';
 
 export interface ShapingFront {
@@ -53,11 +50,4 @@ export async function startShapingFront(targetUrl: string, bytesPerSecond: numbe
       await new Promise<void>((r) => server.close(() => r()));
     },
   };
-}
-
-/** A config file that turns segmented downloads on for the mirror under test. */
-export function segmentedConfig(dir: string, segments: number): string {
-  const path = join(dir, `segments-${segments}.yaml`);
-  writeFileSync(path, `downloads:\n  segments: ${segments}\n  segmentThreshold: 16MiB\n`);
-  return path;
 }

@@ -3,7 +3,7 @@
 //  - mirror:       this project, `node dist/cli.js serve` (the production build)
 //  - distribution: Debian's docker-registry in proxy (pull-through cache) mode
 //  - nginx:        Debian's nginx as the classic registry caching proxy (proxy_cache)
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -14,7 +14,14 @@ import { WebSocket } from 'undici';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
-export type SystemKey = 'mirror' | 'distribution' | 'nginx';
+/** mirror = the mirror with `workers: auto` (its default); mirror-w1 = the mirror with `workers: 1`. */
+export type SystemKey = 'mirror' | 'mirror-w1' | 'distribution' | 'nginx';
+
+/** One process of a running system and what it is (primary, worker 1, master, …). */
+export interface SystemProcess {
+  pid: number;
+  role: string;
+}
 
 export interface RunningSystem {
   key: SystemKey;
@@ -23,6 +30,8 @@ export interface RunningSystem {
   pids(): number[];
   /** Peak resident set (sum of VmHWM over its processes), bytes. */
   peakRss(): number;
+  /** Its processes with their roles (mirror: the primary and its workers; nginx: master and workers). */
+  processes(): SystemProcess[];
   logPath: string;
   /** Per-phase CPU profiles through the inspector (mirror started with `inspect`). */
   profiler?: PhaseProfiler;
@@ -94,6 +103,74 @@ function vmHwm(pid: number): number {
   } catch {
     return 0;
   }
+}
+
+function vmRss(pid: number): number {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** The peak resident set of one process over a sampled interval. */
+export interface ProcessPeak {
+  role: string;
+  pid: number;
+  bytes: number;
+}
+
+/**
+ * Sample VmRSS of every process of a system every `intervalMs` until stopped: the peak per
+ * process within one phase (VmHWM is the peak since the process started and cannot be reset).
+ * The process list (workers come and go) is refreshed every second: scanning /proc is not free.
+ */
+export function sampleRss(system: RunningSystem, intervalMs = 100): { stop(): ProcessPeak[] } {
+  const peaks = new Map<number, ProcessPeak>();
+  let procs: SystemProcess[] = [];
+  let listedAt = 0;
+  const tick = () => {
+    if (Date.now() - listedAt >= 1000) {
+      procs = system.processes();
+      listedAt = Date.now();
+    }
+    for (const { pid, role } of procs) {
+      const bytes = vmRss(pid);
+      const peak = peaks.get(pid);
+      if (!peak) peaks.set(pid, { role, pid, bytes });
+      else peak.bytes = Math.max(peak.bytes, bytes);
+    }
+  };
+  tick();
+  const timer = setInterval(tick, intervalMs);
+  return {
+    stop() {
+      clearInterval(timer);
+      tick();
+      return [...peaks.values()].filter((p) => p.bytes > 0);
+    },
+  };
+}
+
+/** Peaks of several runs of one system, the highest per role (pids change from run to run). */
+export function mergePeaks(a: ProcessPeak[], b: ProcessPeak[]): ProcessPeak[] {
+  const byRole = new Map<string, ProcessPeak>();
+  for (const p of [...a, ...b]) if ((byRole.get(p.role)?.bytes ?? -1) < p.bytes) byRole.set(p.role, p);
+  return [...byRole.values()];
+}
+
+/** `61.2 MiB` for one process; `primary 40.1 · worker 1 60.2 · worker 2 58.3 MiB` for several. */
+export function formatPeaks(peaks: ProcessPeak[]): string {
+  const mib = (b: number) => (b / (1024 * 1024)).toFixed(1);
+  if (peaks.length === 1) return `${mib(peaks[0]!.bytes)} MiB`;
+  const rank = (role: string) => (/^(primary|master)$/.test(role) ? -1 : Number(/\d+$/.exec(role)?.[0] ?? 0));
+  return `${[...peaks].sort((a, b) => rank(a.role) - rank(b.role)).map((p) => `${p.role} ${mib(p.bytes)}`).join(' · ')} MiB`;
+}
+
+/** Roles for a primary/master and its children: `worker 1`, `worker 2`, … in pid order. */
+function withChildren(pid: number, primaryRole: string, childRole: string): SystemProcess[] {
+  return [{ pid, role: primaryRole }, ...childrenOf(pid).sort((a, b) => a - b).map((p, i) => ({ pid: p, role: `${childRole} ${i + 1}` }))];
 }
 
 function childrenOf(pid: number): number[] {
@@ -189,12 +266,40 @@ function spawnLogged(command: string, args: string[], logPath: string, options: 
   }
 }
 
-/** The mirror as in production: `node dist/cli.js serve`, access log (stdout) to a file. */
-export async function startMirror(options: { upstreamUrl: string; workDir: string; cpuProfDir?: string; inspect?: boolean; logLevel?: string; extraArgs?: string[] }): Promise<RunningSystem> {
+let workersOption: boolean | undefined;
+/** Whether this build's `serve` has `--workers` (issue 16); probed once from its --help. */
+export function mirrorHasWorkersOption(): boolean {
+  workersOption ??= execFileSync(process.execPath, [join(ROOT, 'dist/cli.js'), 'serve', '--help'], { encoding: 'utf8' }).includes('--workers');
+  return workersOption;
+}
+
+/**
+ * The mirror as in production: `node dist/cli.js serve`, access log (stdout) to a file.
+ * `workers` adds `--workers <n|auto>` (nothing when undefined: the mirror's default), only
+ * when this build has the option; `config` is written as the config file (JSON is YAML).
+ */
+export async function startMirror(options: {
+  upstreamUrl: string;
+  workDir: string;
+  cpuProfDir?: string;
+  inspect?: boolean;
+  logLevel?: string;
+  extraArgs?: string[];
+  workers?: number | 'auto';
+  config?: Record<string, unknown>;
+  key?: 'mirror' | 'mirror-w1';
+}): Promise<RunningSystem> {
   const dir = mkdtempSync(join(options.workDir, 'mirror-'));
   const storage = join(dir, 'storage');
   const logPath = join(dir, 'mirror.log');
   const port = await freePort();
+  const args = [...(options.extraArgs ?? [])];
+  if (options.workers !== undefined && mirrorHasWorkersOption()) args.push('--workers', String(options.workers));
+  if (options.config) {
+    const configPath = join(dir, 'config.json');
+    writeFileSync(configPath, JSON.stringify(options.config, null, 2));
+    args.push('--config', configPath);
+  }
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MIRROR_') && !k.startsWith('npm_')) env[k] = v;
   // As `npm start`, the image and the `mirror` command run it.
@@ -202,7 +307,7 @@ export async function startMirror(options: { upstreamUrl: string; workDir: strin
   // cwd = its own directory: the repository's mirror.config.yaml must not apply.
   const child = spawnLogged(
     process.execPath,
-    [...nodeArgs, join(ROOT, 'dist/cli.js'), 'serve', '--listen', `127.0.0.1:${port}`, '--storage', storage, '--upstream', options.upstreamUrl, '--log-level', options.logLevel ?? 'info', ...(options.extraArgs ?? [])],
+    [...nodeArgs, join(ROOT, 'dist/cli.js'), 'serve', '--listen', `127.0.0.1:${port}`, '--storage', storage, '--upstream', options.upstreamUrl, '--log-level', options.logLevel ?? 'info', ...args],
     logPath,
     { cwd: dir, env },
   );
@@ -221,7 +326,7 @@ export async function startMirror(options: { upstreamUrl: string; workDir: strin
     else await new Promise((r) => setTimeout(r, 50));
   }
   const pid = child.pid!;
-  let peak = 0;
+  const peaks = new Map<number, number>();
   let profiler: PhaseProfiler | undefined;
   if (options.inspect) {
     const ws = /Debugger listening on (ws:\/\/\S+)/.exec(tail(logPath, 100_000));
@@ -229,14 +334,16 @@ export async function startMirror(options: { upstreamUrl: string; workDir: strin
     profiler = await connectProfiler(ws[1]!);
   }
   return track({
-    key: 'mirror',
+    key: options.key ?? 'mirror',
     url,
     logPath,
     profiler,
-    pids: () => (alive() ? [pid] : []),
+    pids: () => (alive() ? [pid, ...childrenOf(pid)] : []),
+    processes: () => (alive() ? withChildren(pid, 'primary', 'worker') : []),
+    // The sum over the primary and its workers, each at its own peak.
     peakRss() {
-      if (alive()) peak = Math.max(peak, vmHwm(pid));
-      return peak;
+      if (alive()) for (const p of [pid, ...childrenOf(pid)]) peaks.set(p, Math.max(peaks.get(p) ?? 0, vmHwm(p)));
+      return [...peaks.values()].reduce((a, b) => a + b, 0);
     },
     async stop() {
       try {
@@ -292,6 +399,7 @@ export async function startDistributionProxy(options: { upstreamUrl: string; wor
     url,
     logPath,
     pids: () => (alive() ? [pid] : []),
+    processes: () => (alive() ? [{ pid, role: 'process' }] : []),
     peakRss() {
       if (alive()) peak = Math.max(peak, vmHwm(pid));
       return peak;
@@ -403,6 +511,7 @@ export async function startNginx(options: { upstreamUrl: string; workDir: string
     url,
     logPath,
     pids: () => (alive() ? [pid, ...childrenOf(pid)] : []),
+    processes: () => (alive() ? withChildren(pid, 'master', 'worker') : []),
     peakRss() {
       for (const p of this.pids()) peaks.set(p, Math.max(peaks.get(p) ?? 0, vmHwm(p)));
       return [...peaks.values()].reduce((a, b) => a + b, 0);
