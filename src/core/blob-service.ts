@@ -49,7 +49,7 @@ export interface BlobServiceDeps {
 }
 
 /** Why a prefetch did not start a download (a metric label). */
-export type PrefetchRefusal = 'cached' | 'downloading' | 'no-room' | 'no-slot';
+export type PrefetchRefusal = 'cached' | 'downloading' | 'no-room';
 
 /** Prefetched digests remembered until a client asks for them (for the unclaimed-bytes gauge). */
 const MAX_PREFETCHED_REMEMBERED = 10_000;
@@ -152,10 +152,11 @@ export class BlobService {
    * Start the download of `digest` (`size` bytes, as its manifest's descriptor says) before
    * any client asks for it: the usual single-flight download, which clients then join
    * (`coalesced`) or find stored (`hit`). Unlike a client's miss it spends no client's budget,
-   * never waits for a slot of the global limit (`takeSlot` gives one only when free, and
-   * nothing queues for it) and never passes through: no free slot or no room, no prefetch.
+   * never waits for a slot of the global limit (the caller took `slot` only because one was
+   * free; a started download releases it, a refusal leaves it to the caller) and never passes
+   * through: no room, no prefetch.
    */
-  async prefetch(route: Route, digest: Digest, size: number, takeSlot: () => (() => void) | undefined): Promise<BlobDownload | PrefetchRefusal> {
+  async prefetch(route: Route, digest: Digest, size: number, slot: () => void): Promise<BlobDownload | PrefetchRefusal> {
     const { store, downloads, space } = this.deps;
     if (downloads.get(digest)) return 'downloading';
     if (await store.stat(digest)) return 'cached';
@@ -167,11 +168,6 @@ export class BlobService {
     if (downloads.get(digest)) {
       reservation.release();
       return 'downloading';
-    }
-    const slot = takeSlot();
-    if (!slot) {
-      reservation.release();
-      return 'no-slot';
     }
     download = this.startDownload(route, digest, false, { slot, background: true, reservation });
     const upstream = route.upstream.name;

@@ -111,6 +111,8 @@ export class Prefetcher {
       this.lanes.set(upstream, lane);
     }
     for (const blob of plan.blobs) {
+      // Those that can start do, so the bound counts only the ones left waiting.
+      this.pump(upstream, lane);
       if (lane.queue.length >= settings.maxQueued) metrics.prefetchSkipped.inc({ upstream, reason: 'queue-full' });
       else lane.queue.push({ route, ...blob });
     }
@@ -128,29 +130,31 @@ export class Prefetcher {
     while (!this.closed && !lane.waitingForSlot && lane.queue.length > 0) {
       const next = lane.queue[0]!;
       if (lane.running >= next.route.upstream.prefetch.concurrency) return;
+      // Only a slot free right now, with no client queued for one: never a client's 429.
+      const slot = this.deps.limiter.tryAcquire();
+      if (!slot) {
+        lane.waitingForSlot = true;
+        return;
+      }
       lane.queue.shift();
       lane.running++;
-      void this.startOne(upstream, lane, next);
+      void this.startOne(upstream, lane, next, slot);
     }
   }
 
-  private async startOne(upstream: string, lane: Lane, pending: Pending): Promise<void> {
-    const { blobs, limiter, metrics, logger } = this.deps;
+  /** `slot`: the global limit's, held for the checks and handed to the download (or released). */
+  private async startOne(upstream: string, lane: Lane, pending: Pending, slot: () => void): Promise<void> {
+    const { blobs, metrics, logger } = this.deps;
     let started: Awaited<ReturnType<BlobService['prefetch']>> | 'failed';
     try {
-      started = await blobs.prefetch(pending.route, pending.digest, pending.size, () => limiter.tryAcquire());
+      started = await blobs.prefetch(pending.route, pending.digest, pending.size, slot);
     } catch (err) {
       logger.debug({ upstream, digest: pending.digest.value, err: (err as Error).message }, 'prefetch not started');
       started = 'failed';
     }
     if (typeof started === 'string') {
+      slot();
       lane.running--;
-      if (started === 'no-slot' && !this.closed) {
-        // Clients' downloads hold every slot: this one goes first when a slot is left free.
-        lane.queue.unshift(pending);
-        lane.waitingForSlot = true;
-        return;
-      }
       metrics.prefetchSkipped.inc({ upstream, reason: started });
       this.pump(upstream, lane);
       return;
