@@ -112,6 +112,36 @@ describe('prefetch against the real upstream', () => {
     for (const d of blobDigests(app)) expect(blobGets(d), d).toBe(1);
   });
 
+  it('a revalidated tag that moved prefetches the new image; one that kept its digest starts nothing', async () => {
+    const before = imageOf('moving-1', 2);
+    const after = imageOf('moving-2', 2);
+    await upstream.push('team/moving', 'v1', before);
+    // TTL 0: every GET by tag revalidates with a HEAD.
+    const revalidating = await startMirror({ upstreamUrl: upstream.url, ttl: '0s', document: { prefetch: true } });
+    try {
+      const first = await get(`${revalidating.url}/v2/team/moving/manifests/v1`, { headers: { accept: ACCEPT } });
+      expect(await revalidating.accessFor(first.headers)).toMatchObject({ outcome: 'miss' });
+      await waitFor(() => blobDigests(before).every((d) => blobGets(d) === 1), 30_000, 'the first image to be prefetched');
+      await idle(revalidating);
+      const startedBefore = await metric(revalidating, 'mirror_prefetch_started_total');
+      // A prefetch of the cached image would show as skipped (cached), not as started.
+      const skippedBefore = await metric(revalidating, 'mirror_prefetch_skipped_total');
+      const same = await get(`${revalidating.url}/v2/team/moving/manifests/v1`, { headers: { accept: ACCEPT } });
+      expect(await revalidating.accessFor(same.headers)).toMatchObject({ outcome: 'revalidated' });
+      await upstream.push('team/moving', 'v1', after);
+      const moved = await get(`${revalidating.url}/v2/team/moving/manifests/v1`, { headers: { accept: ACCEPT } });
+      expect(moved.headers['docker-content-digest']).toBe(after.manifest.digest);
+      await waitFor(() => blobDigests(after).every((d) => blobGets(d) === 1), 30_000, 'the moved tag\'s image to be prefetched');
+      await idle(revalidating);
+      // The new image's 3 blobs and nothing for the revalidation that kept the digest.
+      expect(await metric(revalidating, 'mirror_prefetch_started_total')).toBe(startedBefore + 3);
+      expect(await metric(revalidating, 'mirror_prefetch_skipped_total')).toBe(skippedBefore);
+      for (const d of blobDigests(before)) expect(blobGets(d)).toBe(1);
+    } finally {
+      await revalidating.stop();
+    }
+  });
+
   it('prefetch: false (per upstream, over the top-level default) starts nothing: the first blob is a miss of its own', async () => {
     const quiet = await startMirror({ upstreamUrl: upstream.url, document: { prefetch: true, upstreams: { 'docker.io': { url: upstream.url, prefetch: false } } } });
     try {
