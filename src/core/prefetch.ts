@@ -160,6 +160,7 @@ export class Prefetcher {
       return;
     }
     metrics.prefetchStarted.inc({ upstream });
+    logger.debug({ upstream, repository: pending.route.repository, digest: pending.digest.value, size: pending.size }, 'prefetching blob');
     // Committed or failed (a failure is the download's to log), the lane's slot is free again.
     void started.finished
       .catch(() => undefined)
