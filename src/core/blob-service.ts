@@ -180,10 +180,11 @@ export class BlobService {
         const bytes = download.totalSize ?? size;
         metrics.prefetchBytes.inc({ upstream }, bytes);
         const entry = this.prefetched.get(digest.value);
+        // Not claimed while it downloaded: counted as downloaded for nobody until a client asks.
         if (entry) {
           entry.committedBytes = bytes;
           metrics.prefetchUnclaimedBytes.inc({ upstream }, bytes);
-        } else this.prefetched.delete(digest.value);
+        }
       },
       () => this.prefetched.delete(digest.value),
     );
