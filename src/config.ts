@@ -88,6 +88,19 @@ const addressOrCidr = z.string().refine((value) => {
   return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
 }, { message: 'not an IP address or CIDR block (e.g. 10.0.0.5, 10.0.0.0/8, fd00::/8)' });
 
+/**
+ * Layer prefetch (core/prefetch.ts): `true`/`false`, or the details. Per upstream, unset
+ * fields inherit the top-level setting.
+ */
+const prefetchSettings = z.strictObject({
+  enabled: z.boolean().optional(),
+  /** Prefetch downloads from one upstream at once (the rest wait in the queue). */
+  concurrency: z.number().int().min(1).max(64).optional(),
+  /** Blobs waiting for a prefetch slot, per upstream; past it they are not prefetched. */
+  maxQueued: z.number().int().min(0).max(10_000).optional(),
+});
+const prefetchSchema = z.union([z.boolean().transform((enabled): z.output<typeof prefetchSettings> => ({ enabled })), prefetchSettings]);
+
 const upstreamSchema = z.strictObject({
   /** Base URL of the registry API (the host clients name may differ: docker.io → registry-1.docker.io). */
   url: httpUrl,
@@ -129,6 +142,8 @@ const upstreamSchema = z.strictObject({
   maxConnections: z.number().int().min(0).prefault(0),
   /** At most this many bytes per second downloaded from this upstream, all downloads together (0 = unbounded). */
   maxBytesPerSecond: size.prefault(0),
+  /** Layer prefetch for this upstream (default: the top-level prefetch). */
+  prefetch: prefetchSchema.optional(),
 });
 
 const MIN_CLUSTER_SECRET_LENGTH = 16;
@@ -228,6 +243,11 @@ const configSchema = z.strictObject({
   ttlRules: z.array(ttlRuleSchema).prefault([]),
   /** How long an upstream 404 for a manifest is remembered, per upstream, repository and reference (0 = off). */
   negativeTtl: duration.prefault('30s'),
+  /**
+   * An image manifest fetched from the upstream starts the downloads of its config and layers
+   * the cache lacks, in the background, so a client's later layer requests join them.
+   */
+  prefetch: prefetchSchema.prefault(true),
   /** The upstream for requests that name none (no ?ns=, no host prefix). */
   defaultUpstream: z.string().prefault('docker.io'),
   upstreams: z
@@ -393,7 +413,19 @@ export interface UpstreamConfig {
   proxy: string | undefined;
   maxConnections: number;
   maxBytesPerSecond: number;
+  prefetch: PrefetchConfig;
 }
+
+/** Layer prefetch for one upstream (core/prefetch.ts). */
+export interface PrefetchConfig {
+  enabled: boolean;
+  /** Prefetch downloads from this upstream at once. */
+  concurrency: number;
+  /** Blobs waiting for one of those; past it they are not prefetched. */
+  maxQueued: number;
+}
+
+const PREFETCH_DEFAULTS: PrefetchConfig = { enabled: true, concurrency: 3, maxQueued: 256 };
 
 export interface S3StoreOptions {
   bucket: string;
@@ -627,6 +659,11 @@ export function buildConfig(
     proxy: u.proxy,
     maxConnections: u.maxConnections,
     maxBytesPerSecond: u.maxBytesPerSecond,
+    prefetch: {
+      enabled: u.prefetch?.enabled ?? parsed.prefetch.enabled ?? PREFETCH_DEFAULTS.enabled,
+      concurrency: u.prefetch?.concurrency ?? parsed.prefetch.concurrency ?? PREFETCH_DEFAULTS.concurrency,
+      maxQueued: u.prefetch?.maxQueued ?? parsed.prefetch.maxQueued ?? PREFETCH_DEFAULTS.maxQueued,
+    },
   }));
   const more: string[] = [];
   if (!upstreams.some((u) => u.name === parsed.defaultUpstream)) {

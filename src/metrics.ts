@@ -71,6 +71,18 @@ export class MirrorMetrics {
   readonly downloadsInFlight = this.gauge('mirror_downloads_in_flight', 'Blob downloads from upstreams in progress');
   readonly downloadsRefused = this.counter('mirror_downloads_refused_total', 'New blob downloads refused with 429: the queue for a download slot was full or the wait too long');
   readonly downloadsAbandoned = this.counter('mirror_downloads_abandoned_total', 'Blob downloads cancelled because no client read them any more');
+  readonly prefetchStarted = this.counter('mirror_prefetch_started_total', 'Blob downloads started by layer prefetch (an image manifest fetched from the upstream), by upstream', ['upstream']);
+  readonly prefetchSkipped = this.counter(
+    'mirror_prefetch_skipped_total',
+    'Blobs of a fetched image manifest not prefetched, by upstream and reason (cached, downloading, too-big, unknown-size, not-distributable, no-room, queue-full, failed)',
+    ['upstream', 'reason'],
+  );
+  readonly prefetchBytes = this.counter('mirror_prefetch_bytes_total', 'Blob bytes committed by prefetch downloads, by upstream', ['upstream']);
+  readonly prefetchUnclaimedBytes = this.gauge(
+    'mirror_prefetch_unclaimed_bytes',
+    'Bytes of prefetched blobs no client has asked for yet (since the start): downloaded for nobody so far, by upstream',
+    ['upstream'],
+  );
   readonly digestMismatches = this.counter('mirror_digest_mismatches_total', 'Upstream content refused because it did not match its digest', ['upstream']);
   readonly evictions = this.counter('mirror_evictions_total', 'Objects evicted from the cache (least recently used first)');
   readonly evictedBytes = this.counter('mirror_evicted_bytes_total', 'Bytes evicted from the cache');

@@ -3,6 +3,7 @@
 // done by the parts (docs/ARCHITECTURE.md draws them):
 //   core/manifest-service.ts   manifests by tag (freshness, revalidation, stale) and digest
 //   core/blob-service.ts       blobs: hits, single-flight downloads, pass-through
+//   core/prefetch.ts           an image manifest from the upstream starts its layers' downloads
 //   core/tag-list-service.ts   tags/list
 //   core/repository-access.ts  which repository may be served which digest
 //   core/catalog-service.ts    /v2/_catalog from the index
@@ -32,6 +33,7 @@ import { CatalogService, type CatalogPage } from './core/catalog-service.js';
 import { ClientMissBudget } from './core/client-budget.js';
 import { blobOrManifest } from './core/manifest-as-blob.js';
 import { ManifestService } from './core/manifest-service.js';
+import { Prefetcher } from './core/prefetch.js';
 import { ReferrersService, type ReferrersResult } from './core/referrers-service.js';
 import { RepositoryAccess } from './core/repository-access.js';
 import type { BlobResult, ManifestResult, TagList } from './core/results.js';
@@ -78,6 +80,8 @@ interface MirrorParts {
   referrers: ReferrersService;
   peers: Peers | undefined;
   shared: SharedBucketEviction | undefined;
+  /** Layer prefetch (none in the one-shot commands). */
+  prefetcher?: Prefetcher;
 }
 
 /** The mirror as the server and the CLI see it: its parts, and the calls a pull makes. */
@@ -191,6 +195,7 @@ export class Mirror {
     clearInterval(this.flushTimer);
     this.flushIndex();
     this.parts.rebuild?.abort();
+    this.parts.prefetcher?.close();
     this.downloads.abortAll('mirror shutting down');
     await Promise.all([this.downloads.settled(), this.parts.rebuild?.done]);
     await this.settleJournal();
@@ -288,7 +293,12 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     },
     maxBlobSize: config.downloads.maxBlobSize,
   });
-  const manifests = new ManifestService({ config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, budget, recordAccess });
+  // Not for the one-shot commands: prewarm and export fetch every blob they want themselves.
+  const prefetcher = options.oneShot ? undefined : new Prefetcher({ blobs, limiter, metrics, logger, maxBlobSize: config.downloads.maxBlobSize });
+  const manifests = new ManifestService({
+    config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, budget, recordAccess,
+    fetchedFromUpstream: prefetcher && ((route, manifest) => prefetcher.manifestFetched(route, manifest)),
+  });
   const tagLists = new TagListService(index, upstreams, config.offline, budget);
   const catalog = new CatalogService(index, registries.map((r) => r.name), fallback.name);
   const referrers = new ReferrersService({ offline: config.offline, index, manifests, upstreams, budget, metrics, logger, clock });
@@ -304,6 +314,6 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   });
   shared?.start(() => evictor.check());
   return new Mirror({
-    config, logger, clock, metrics, selector, upstreams, store, scratch, index, journal, rebuild, downloads, evictor, manifests, blobs, tagLists, catalog, referrers, peers, shared,
+    config, logger, clock, metrics, selector, upstreams, store, scratch, index, journal, rebuild, downloads, evictor, manifests, blobs, tagLists, catalog, referrers, peers, shared, prefetcher,
   });
 }

@@ -26,6 +26,8 @@ export class DownloadLimiter {
   private running = 0;
   /** FIFO: the oldest waiting download gets the next free slot. */
   private readonly queue = new Set<Waiter>();
+  /** Told when a slot is left free (nobody queued took it): background work may use it. */
+  private readonly slotFreed = new Set<() => void>();
 
   constructor(
     private readonly limits: DownloadLimits,
@@ -77,6 +79,22 @@ export class DownloadLimiter {
     });
   }
 
+  /**
+   * A slot only if one is free now and no download waits for one (undefined otherwise):
+   * for background work (prefetch), which must never queue before clients nor be refused.
+   */
+  tryAcquire(): (() => void) | undefined {
+    const { maxConcurrent } = this.limits;
+    if (maxConcurrent === 0 || (this.running < maxConcurrent && this.queue.size === 0)) return this.take();
+    return undefined;
+  }
+
+  /** `listener` is called whenever a released slot is left free. Returns the unsubscribe. */
+  onSlotFreed(listener: () => void): () => void {
+    this.slotFreed.add(listener);
+    return () => this.slotFreed.delete(listener);
+  }
+
   private take(): () => void {
     this.running++;
     let released = false;
@@ -86,6 +104,7 @@ export class DownloadLimiter {
       this.running--;
       const next = this.queue.values().next();
       if (!next.done) next.value.grant(this.take());
+      else for (const listener of this.slotFreed) listener();
     };
   }
 

@@ -72,6 +72,8 @@ export class BlobDownload extends EventEmitter {
   /** Resolves when the blob is verified and in the store. */
   readonly finished: Promise<void>;
   private readers = 0;
+  /** A client has read this download at some point (a background one: the abandonment rule applies from then on). */
+  private everRead = false;
   private idleTimer: NodeJS.Timeout | undefined;
   /** Aborted when the download fails: a slot it waits for, a source it is opening. */
   private readonly stopped = new AbortController();
@@ -87,8 +89,7 @@ export class BlobDownload extends EventEmitter {
     private readonly storage: { store: BlobStore; scratch: ScratchSpace },
     private readonly source: DownloadSource,
     private readonly options: DownloadOptions,
-    /** Takes a slot of the global limit (a peer's request does not: its replica holds one). */
-    private readonly limited = true,
+    private readonly start: DownloadStart = {},
   ) {
     super();
     this.setMaxListeners(0);
@@ -108,8 +109,8 @@ export class BlobDownload extends EventEmitter {
   /** Runs the download to its end; never rejects (the outcome is in state/error). */
   async run(): Promise<void> {
     const verifier = new DigestVerifier(this.digest);
-    let releaseSlot = () => {};
-    const limiter = this.limited ? this.options.limiter : undefined;
+    let releaseSlot = this.start.slot ?? (() => {});
+    const limiter = (this.start.limited ?? true) && !this.start.slot ? this.options.limiter : undefined;
     if (limiter) {
       try {
         releaseSlot = await limiter.acquire(this.stopped.signal);
@@ -440,6 +441,7 @@ export class BlobDownload extends EventEmitter {
       throw err;
     }
     this.readers++;
+    this.everRead = true;
     this.clearIdleTimer();
     return new GrowingFileReader(this, fd, start, end, () => {
       this.readers--;
@@ -454,7 +456,10 @@ export class BlobDownload extends EventEmitter {
   private startIdleTimer(): void {
     this.clearIdleTimer();
     const { abandonAfterMs = 0, writeTimeoutMs } = this.options;
-    const early = abandonAfterMs > 0 && abandonAfterMs < writeTimeoutMs;
+    // A background download (prefetch) is started for clients still to come: nobody reading
+    // it yet is expected, not abandonment. Only writeTimeout stops it until a reader came and left.
+    const awaitingFirstReader = this.start.background === true && !this.everRead;
+    const early = !awaitingFirstReader && abandonAfterMs > 0 && abandonAfterMs < writeTimeoutMs;
     this.idleTimer = setTimeout(() => {
       if (this.state !== 'running' || this.verified) return;
       if (early && this.worthFinishing()) {
@@ -539,6 +544,16 @@ function isLocalFsError(err: Error): boolean {
   return code === 'ENOSPC' || code === 'EDQUOT' || code === 'EROFS' || code === 'EIO' || code === 'EBADF';
 }
 
+/** How a download starts. */
+export interface DownloadStart {
+  /** Takes a slot of the global limit (default; a peer replica's request does not: that replica holds one). */
+  limited?: boolean;
+  /** A slot of the global limit the caller already holds (taken without queueing): the download releases it. */
+  slot?: () => void;
+  /** Started for clients still to come (prefetch): not abandoned before a first reader came and went. */
+  background?: boolean;
+}
+
 /** The downloads in flight, one per digest. */
 export class Downloads {
   private readonly inFlight = new Map<string, BlobDownload>();
@@ -561,12 +576,9 @@ export class Downloads {
     return this.inFlight.keys();
   }
 
-  /**
-   * Start a download for `digest`; the caller has checked there is none. `limited`: it takes
-   * a slot of the global limit (a peer replica's request does not: that replica holds one).
-   */
-  start(digest: Digest, source: DownloadSource, { limited = true }: { limited?: boolean } = {}): BlobDownload {
-    const download = new BlobDownload(digest, this.storage, source, this.options, limited);
+  /** Start a download for `digest`; the caller has checked there is none. */
+  start(digest: Digest, source: DownloadSource, start: DownloadStart = {}): BlobDownload {
+    const download = new BlobDownload(digest, this.storage, source, this.options, start);
     this.inFlight.set(digest.value, download);
     void download.run().finally(() => {
       if (this.inFlight.get(digest.value) === download) this.inFlight.delete(digest.value);

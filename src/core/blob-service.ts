@@ -2,13 +2,14 @@
 // download for the digest is started or joined (cache/downloads.ts), and the client reads
 // it as it grows, ranges as soon as their bytes are there. The download's bytes come from
 // the upstream, or from the replica that owns the digest. A disk without room for the blob
-// passes it through, verified and uncached.
+// passes it through, verified and uncached. A prefetch (core/prefetch.ts) starts the same
+// download before any client asks, for clients to join.
 
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { READ_CHUNK_BYTES, type BlobStore } from '../cache/blob-store.js';
-import type { BlobDownload, Downloads } from '../cache/downloads.js';
+import type { BlobDownload, Downloads, DownloadStart } from '../cache/downloads.js';
 import type { DiskSpace, Reservation } from '../cache/space-reservation.js';
 import type { Peers } from '../cluster/peer-source.js';
 import type { MirrorMetrics } from '../metrics.js';
@@ -47,6 +48,12 @@ export interface BlobServiceDeps {
   noteMissing(digest: string): void;
 }
 
+/** Why a prefetch did not start a download (a metric label). */
+export type PrefetchRefusal = 'cached' | 'downloading' | 'no-room';
+
+/** Prefetched digests remembered until a client asks for them (for the unclaimed-bytes gauge). */
+const MAX_PREFETCHED_REMEMBERED = 10_000;
+
 export class BlobService {
   /** Open store read streams per digest: content being served is never evicted. */
   private readonly serving = new Map<string, number>();
@@ -56,6 +63,11 @@ export class BlobService {
    * link is written when the download commits). Bounded by the downloads in flight.
    */
   private readonly startedFor = new Map<string, string>();
+  /**
+   * Prefetched digests no client has asked for yet, with their upstream and the bytes they
+   * committed (0 while downloading). Bounded: the oldest are forgotten (and stay unclaimed).
+   */
+  private readonly prefetched = new Map<string, { upstream: string; committedBytes: number }>();
 
   constructor(private readonly deps: BlobServiceDeps) {}
 
@@ -77,6 +89,7 @@ export class BlobService {
       // Stored by a download for this very repository that is still finishing its commit: its link comes with it.
       if (!this.joinsOwnRepository(route, digest)) await access.ensureLinked(route, digest, 'blob');
       this.deps.recordAccess(digest.value);
+      if (this.prefetched.size > 0) this.claim(digest.value);
       return {
         digest: digest.value,
         size: stat.size,
@@ -106,6 +119,7 @@ export class BlobService {
       if (err instanceof NoRoomForBlob) return passThrough(this.deps.upstreams, route, digest, err, this.deps.logger, this.deps.storagePath);
       throw err;
     }
+    if (this.prefetched.size > 0) this.claim(digest.value);
     return {
       digest: digest.value,
       size: download.totalSize,
@@ -134,16 +148,77 @@ export class BlobService {
     return { digest: digest.value, size, outcome: 'miss' };
   }
 
-  /** The one download of `digest`, from the replica that owns it or from the upstream. */
-  private startDownload(route: Route, digest: Digest, fromPeer: boolean): BlobDownload {
+  /**
+   * Start the download of `digest` (`size` bytes, as its manifest's descriptor says) before
+   * any client asks for it: the usual single-flight download, which clients then join
+   * (`coalesced`) or find stored (`hit`). Unlike a client's miss it spends no client's budget,
+   * never waits for a slot of the global limit (the caller took `slot` only because one was
+   * free; a started download releases it, a refusal leaves it to the caller) and never passes
+   * through: no room, no prefetch.
+   */
+  async prefetch(route: Route, digest: Digest, size: number, slot: () => void): Promise<BlobDownload | PrefetchRefusal> {
+    const { store, downloads, space } = this.deps;
+    if (downloads.get(digest)) return 'downloading';
+    if (await store.stat(digest)) return 'cached';
+    let download: BlobDownload | undefined;
+    // Reserved up front (the size is known): a disk without room is a skip, not a pass-through.
+    const reservation = await space.tryReserve(size, () => download?.written ?? 0);
+    if (!reservation) return 'no-room';
+    // A client may have started it while the store and the disk were asked.
+    if (downloads.get(digest)) {
+      reservation.release();
+      return 'downloading';
+    }
+    download = this.startDownload(route, digest, false, { slot, background: true, reservation });
+    const upstream = route.upstream.name;
+    this.prefetched.delete(digest.value);
+    this.prefetched.set(digest.value, { upstream, committedBytes: 0 });
+    if (this.prefetched.size > MAX_PREFETCHED_REMEMBERED) this.prefetched.delete(this.prefetched.keys().next().value!);
+    const { metrics } = this.deps;
+    download.finished.then(
+      () => {
+        const bytes = download.totalSize ?? size;
+        metrics.prefetchBytes.inc({ upstream }, bytes);
+        const entry = this.prefetched.get(digest.value);
+        // Not claimed while it downloaded: counted as downloaded for nobody until a client asks.
+        if (entry) {
+          entry.committedBytes = bytes;
+          metrics.prefetchUnclaimedBytes.inc({ upstream }, bytes);
+        }
+      },
+      () => this.prefetched.delete(digest.value),
+    );
+    return download;
+  }
+
+  /** A client asked for `digest`: if it was prefetched, it was not for nothing. */
+  private claim(digest: string): void {
+    const entry = this.prefetched.get(digest);
+    if (!entry) return;
+    this.prefetched.delete(digest);
+    if (entry.committedBytes > 0) this.deps.metrics.prefetchUnclaimedBytes.dec({ upstream: entry.upstream }, entry.committedBytes);
+  }
+
+  /**
+   * The one download of `digest`, from the replica that owns it or from the upstream.
+   * `background`: a prefetch, with its slot and disk room already taken.
+   */
+  private startDownload(
+    route: Route,
+    digest: Digest,
+    fromPeer: boolean,
+    background?: Required<Pick<DownloadStart, 'slot'>> & { background: true; reservation: Reservation },
+  ): BlobDownload {
     const { downloads, peers, upstreams, space, access, metrics } = this.deps;
     const described = this.deps.descriptorSize(digest.value);
     // The download (and a pass-through) never takes more than this, whatever the upstream sends.
-    const maxSize = described ?? this.deps.maxBlobSize;
+    const maxSize = background?.reservation.bytes ?? described ?? this.deps.maxBlobSize;
     let download: BlobDownload | undefined;
-    let reservation: Reservation | undefined;
+    let reservation: Reservation | undefined = background?.reservation;
     const fromUpstream = upstreamBlobSource(upstreams, route, digest, {
       admit: async (response, totalSize) => {
+        // A prefetch reserved its descriptor's size before it started (a larger blob is refused as too big).
+        if (background) return;
         const expected = totalSize ?? described;
         // Larger than it may be: the download refuses it as soon as admitted. Size unknown: the writes will tell.
         if (expected === undefined || expected > maxSize) return;
@@ -157,7 +232,7 @@ export class BlobService {
     const source = owner ? peers!.source(owner, route, digest, fromUpstream) : fromUpstream;
     // A peer's request is not limited again: the replica that forwarded it holds a slot for it
     // (and two replicas waiting on each other's slots could otherwise stall until the queue times out).
-    download = downloads.start(digest, { ...source, maxSize }, { limited: !fromPeer });
+    download = downloads.start(digest, { ...source, maxSize }, background ? { slot: background.slot, background: true } : { limited: !fromPeer });
     metrics.downloadsInFlight.inc();
     this.startedFor.set(digest.value, repositoryKey(route));
     void download.finished

@@ -16,7 +16,7 @@ import { headerValue } from '../http/headers.js';
 import type { MirrorMetrics } from '../metrics.js';
 import { digestOf } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
-import { MAX_MANIFEST_BYTES, parseManifest } from '../oci/manifest.js';
+import { MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from '../oci/manifest.js';
 import { negotiateAccept } from '../oci/media-types.js';
 import { parseDigest, type Digest, type ManifestReference } from '../oci/reference.js';
 import { describeNetworkError, type UpstreamResponse } from '../upstream/client.js';
@@ -52,6 +52,11 @@ export interface ManifestServiceDeps {
   budget: ClientMissBudget;
   /** Note an access for eviction's LRU (batched by the index). */
   recordAccess(digest: string): void;
+  /**
+   * A manifest came from the upstream and was stored (a miss, or a tag that moved): layer
+   * prefetch (prefetch.ts). Never called for a hit or a revalidation that kept the digest.
+   */
+  fetchedFromUpstream?(route: Route, manifest: ParsedManifest): void;
 }
 
 export class ManifestService {
@@ -238,6 +243,7 @@ export class ManifestService {
     if (!(await manifests.put(manifest, parsed, { upstream: route.upstream.name, repo: route.repository }))) return { ...manifest, outcome: 'miss' };
     access.remember(route, computed);
     this.negatives.forget(negativeKey(route, reference, tagAccept));
+    this.deps.fetchedFromUpstream?.(route, parsed);
     if (tagAccept !== undefined) {
       try {
         tags.put({

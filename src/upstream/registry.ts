@@ -2,7 +2,7 @@
 // trusted (its TTL rules) and its 404s remembered, which repositories may be pulled through
 // it, with which credentials, and its naming rules.
 
-import type { UpstreamConfig, UpstreamCredential } from '../config.js';
+import type { PrefetchConfig, UpstreamConfig, UpstreamCredential } from '../config.js';
 import { globToRegExp } from '../oci/reference.js';
 import { TtlRules } from './ttl-rules.js';
 
@@ -22,6 +22,8 @@ export class UpstreamRegistry {
   readonly proxy: string | undefined;
   readonly maxConnections: number;
   readonly maxBytesPerSecond: number;
+  /** Layer prefetch from this upstream (core/prefetch.ts). */
+  readonly prefetch: PrefetchConfig;
   private readonly libraryPrefix: boolean;
   private readonly allowed: RegExp[];
   private readonly ttlRules: TtlRules;
@@ -42,6 +44,7 @@ export class UpstreamRegistry {
     this.proxy = config.proxy;
     this.maxConnections = config.maxConnections;
     this.maxBytesPerSecond = config.maxBytesPerSecond;
+    this.prefetch = config.prefetch;
   }
 
   /** The repository name as the upstream knows it: Docker Hub's `alpine` is `library/alpine`. */

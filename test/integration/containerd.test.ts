@@ -19,7 +19,8 @@ const hostsDir = mkdtempSync(join(tmpdir(), 'hosts-'));
 beforeAll(async () => {
   upstream = await startRealUpstream();
   content = await seedStandardContent(upstream);
-  mirror = await startMirror({ upstreamUrl: upstream.url });
+  // The product default: real clients pull with layer prefetch on.
+  mirror = await startMirror({ upstreamUrl: upstream.url, document: { prefetch: true } });
   containerd = await startContainerd();
 });
 afterAll(async () => {

@@ -24,7 +24,8 @@ const pullEvents = () => (existsSync(eventsFile) ? readFileSync(eventsFile, 'utf
 beforeAll(async () => {
   upstream = await startRealUpstream();
   content = await seedStandardContent(upstream);
-  mirror = await startMirror({ upstreamUrl: upstream.url, document: { events: { file: eventsFile } } });
+  // The product default: real clients pull with layer prefetch on.
+  mirror = await startMirror({ upstreamUrl: upstream.url, document: { prefetch: true, events: { file: eventsFile } } });
   dockerd = await startDockerd({ registryMirrors: [mirror.url] });
 });
 

@@ -16,7 +16,8 @@ let podman: Podman;
 beforeAll(async () => {
   upstream = await startRealUpstream();
   content = await seedStandardContent(upstream);
-  mirror = await startMirror({ upstreamUrl: upstream.url });
+  // The product default: real clients pull with layer prefetch on.
+  mirror = await startMirror({ upstreamUrl: upstream.url, document: { prefetch: true } });
   const printed = await runCli(['client-config', 'podman', '--url', mirror.url, '--upstream', upstream.url]);
   expect(printed.code, printed.stderr).toBe(0);
   const conf = printed.stdout.replace(/^# .*\n/, '');

@@ -95,10 +95,11 @@ describe('replicas sharing a bucket', () => {
     const ports = [await freePort(), await freePort(), await freePort()];
     const urls = ports.map((p) => `http://127.0.0.1:${p}`);
     const set: TestMirror[] = [];
+    // With the product default, prefetch on: a replica's prefetch goes through the digest's owner too.
     for (const [i, port] of ports.entries()) {
       const m = await startMirror({
         upstreamUrl: upstream.url,
-        document: { listen: `127.0.0.1:${port}`, storage: { driver: 's3', s3: s3Settings('peers') }, cluster: { self: urls[i], peers: urls } },
+        document: { prefetch: true, listen: `127.0.0.1:${port}`, storage: { driver: 's3', s3: s3Settings('peers') }, cluster: { self: urls[i], peers: urls } },
       });
       mirrors.push(m);
       set.push(m);

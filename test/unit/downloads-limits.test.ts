@@ -201,6 +201,31 @@ describe('BlobDownload', () => {
     await waitFor(() => readdirSync(join(root, 'tmp')).length === 0, 5_000);
   });
 
+  it('a background download (prefetch) with its own slot: no reader yet is not abandonment; after a reader came and left, it is', async () => {
+    const { store, scratch } = await storage();
+    const { bytes, digest } = blob(32 * MiB, 8);
+    const limiter = new DownloadLimiter({ maxConcurrent: 1, maxQueued: 0, queueTimeoutMs: 1_000 });
+    const abandoned: string[] = [];
+    const downloads = new Downloads({ store, scratch }, options({ abandonAfterMs: 20, limiter, onAbandoned: () => abandoned.push('x') }));
+    const slot = limiter.tryAcquire()!;
+    expect(limiter.tryAcquire()).toBeUndefined();
+    const scripted = scriptedSource(bytes.length);
+    const download = downloads.start(digest, scripted.source, { slot, background: true });
+    await download.ready;
+    scripted.body.write(bytes.subarray(0, 64 * 1024));
+    // Many abandonAfter periods with nobody reading: the timer is the behaviour under test.
+    const since = Date.now();
+    await waitFor(() => Date.now() - since > 200, 5_000, 'ten abandonAfter periods');
+    expect([download.state, abandoned.length]).toEqual(['running', 0]);
+    // It holds the slot it was given (it took no other): released when it ends.
+    expect(limiter.active).toBe(1);
+    const reader = download.createReader(0, undefined)!;
+    reader.destroy(); // a client came and left: the usual rule from now on
+    await expect(download.finished).rejects.toThrow(/abandoned/);
+    expect(abandoned).toHaveLength(1);
+    await waitFor(() => limiter.active === 0, 5_000, 'the slot to be released');
+  });
+
   it('nobody reading it, but more than half done: it finishes', async () => {
     const { store, scratch } = await storage();
     const { bytes, digest } = blob(32 * MiB, 7);
