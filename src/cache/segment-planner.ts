@@ -31,7 +31,7 @@ export const DEFAULT_PLANNER_OPTIONS: Omit<SegmentPlannerOptions, 'maxSegments'>
   measureMs: 1000,
   measureBytes: 512 * 1024,
   probeMs: 750,
-  longRemainingMs: 2000,
+  longRemainingMs: 3000,
   minGain: 0.25,
   minSegmentBytes: 1024 * 1024,
   stealAfterMs: 1000,
