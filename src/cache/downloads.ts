@@ -434,7 +434,19 @@ export class BlobDownload extends EventEmitter {
       for (let attempt = 0; seg.pos <= seg.end; attempt++) {
         let body: Readable;
         if (firstBody && attempt === 0) body = firstBody;
-        else {
+        else if (seg.start === 0 && seg.end === total - 1) {
+          // Still the one stream of an adaptive download (nothing split off yet): resume it as
+          // a plain download resumes (`bytes=N-`, and an upstream that ignores Range is skipped
+          // through), not as a segment whose dishonest answer would end segmenting.
+          if (signal.aborted) throw signal.reason as Error;
+          const answer = await untilOpened(signal, (pending) => this.source.open(seg.pos, pending));
+          body = answer.body;
+          if (signal.aborted || (answer.totalSize !== undefined && answer.totalSize !== total)) {
+            body.destroy();
+            if (signal.aborted) throw signal.reason as Error;
+            throw new RegistryError('BLOB_UNKNOWN', 'upstream changed the blob size while resuming', { status: 502, detail: { digest: this.digest.value } });
+          }
+        } else {
           if (signal.aborted) throw signal.reason as Error;
           const [start, end] = [seg.pos, seg.end];
           const answer = await untilOpened(signal, (pending) => this.source.openRange!(start, end, pending));
