@@ -48,6 +48,8 @@ const AUTO_SEGMENT_THRESHOLD = 8 * MiB;
 const DEFAULT_MAX_SEGMENTS = 8;
 /** How often an adaptive download's planner looks at the rate. */
 const PLANNER_TICK_MS = 100;
+/** How much of a segmented download's file is read back at once to be hashed (two buffers). */
+const READ_BACK_BYTES = 4 * MiB;
 /** Cut points fall on this boundary (tidy ranges; any would do). */
 const SPLIT_ALIGN = 64 * 1024;
 
@@ -362,7 +364,7 @@ export class BlobDownload extends EventEmitter {
     };
     // Hash (and publish to readers) the prefix as it becomes contiguous, strictly in order.
     let hashing: Promise<void> = Promise.resolve();
-    let readBack: Buffer | undefined;
+    let readBack: Buffer[] | undefined;
     const publish = (offset: number, chunks: Buffer[] | undefined) => {
       hashing = hashing.then(async () => {
         if (chunks && this.written === offset) {
@@ -370,14 +372,26 @@ export class BlobDownload extends EventEmitter {
           this.written += chunks.reduce((n, c) => n + c.length, 0);
           this.emit('progress');
         }
-        for (let until = contiguous(); this.written < until; until = contiguous()) {
-          readBack ??= Buffer.allocUnsafe(MiB);
-          const { bytesRead } = await handle.read(readBack, 0, Math.min(readBack.length, until - this.written), this.written);
+        // Big reads, the next one under way while this one is hashed: when the last pieces
+        // land together, most of the blob is hashed here, after the download, on the clock.
+        readBack ??= [Buffer.allocUnsafe(READ_BACK_BYTES), Buffer.allocUnsafe(READ_BACK_BYTES)];
+        const readAt = (buffer: Buffer, position: number, until: number) =>
+          position < until ? handle.read(buffer, 0, Math.min(buffer.length, until - position), position).then((r) => r.bytesRead) : Promise.resolve(0);
+        let turn = 0;
+        let until = contiguous();
+        let reading = readAt(readBack[turn]!, this.written, until);
+        while (this.written < until) {
+          const bytesRead = await reading;
           if (bytesRead === 0) throw new Error('segment data vanished from the temp file');
-          verifier.update(readBack.subarray(0, bytesRead));
+          const current = readBack[turn]!;
+          turn ^= 1;
+          until = contiguous();
+          reading = readAt(readBack[turn]!, this.written + bytesRead, until);
+          verifier.update(current.subarray(0, bytesRead));
           this.written += bytesRead;
           this.emit('progress');
         }
+        await reading;
       });
       return hashing;
     };
@@ -510,7 +524,9 @@ export class BlobDownload extends EventEmitter {
           running--;
           // A connection is free: take over half of the biggest piece left, when that is long.
           const biggest = biggestLeft();
-          if (planner && biggest && !firstFailure && this.state === 'running' && planner.shouldSteal(left(biggest), running)) split(biggest);
+          if (planner && biggest && !firstFailure && this.state === 'running' && planner.shouldSteal(left(biggest), running) && split(biggest)) {
+            this.options.logger.debug({ digest: this.digest.value, connections: running, piece: left(biggest) * 2 }, 'a connection finished its piece; it takes over half of the biggest left');
+          }
           if (running === 0) settle();
         },
         (err: unknown) => {
@@ -542,7 +558,14 @@ export class BlobDownload extends EventEmitter {
             sample.remaining += left(seg);
             if (seg.flowing) sample.flowing++;
           }
-          for (let add = planner.next(sample); add > 0; add--) {
+          const add = planner.next(sample);
+          if (add > 0 || planner.settledAt === sample.now) {
+            this.options.logger.debug(
+              { digest: this.digest.value, connections: running, add, bytesPerSecond: Math.round(planner.lastRate * 1000), remaining: sample.remaining },
+              add > 0 ? 'download measured slow; adding Range connections' : 'more connections would not help this download',
+            );
+          }
+          for (let n = add; n > 0; n--) {
             const biggest = biggestLeft();
             if (!biggest || !split(biggest)) break;
           }

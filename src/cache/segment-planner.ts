@@ -17,8 +17,10 @@ export interface SegmentPlannerOptions {
   measureBytes: number;
   /** After connections were added, the total rate is measured this long once they all deliver. */
   probeMs: number;
-  /** Split only when the rest would take longer than this at the measured rate. */
+  /** Split only when the rest would take longer than this at the measured rate… */
   longRemainingMs: number;
+  /** …and, once a doubling paid, double again while the rest would still take longer than this. */
+  keepAddingMs: number;
   /** A doubling must raise the total rate by at least this fraction for another one to be tried. */
   minGain: number;
   /** No piece smaller than this is split off (a new request costs a round trip or more). */
@@ -30,8 +32,9 @@ export interface SegmentPlannerOptions {
 export const DEFAULT_PLANNER_OPTIONS: Omit<SegmentPlannerOptions, 'maxSegments'> = {
   measureMs: 1000,
   measureBytes: 512 * 1024,
-  probeMs: 750,
+  probeMs: 500,
   longRemainingMs: 3000,
+  keepAddingMs: 1000,
   minGain: 0.25,
   minSegmentBytes: 1024 * 1024,
   stealAfterMs: 1000,
@@ -56,6 +59,8 @@ export class SegmentPlanner {
   private rateBeforeAddition = 0;
   /** The total rate last measured (bytes per ms; 0 = not yet). */
   lastRate = 0;
+  /** When it stopped adding connections after having added some (for the log). */
+  settledAt: number | undefined;
 
   constructor(readonly options: SegmentPlannerOptions) {}
 
@@ -75,11 +80,15 @@ export class SegmentPlanner {
     if (this.phase === 'probing' && rate < this.rateBeforeAddition * (1 + this.options.minGain)) {
       // The last doubling did not pay: the link, not the connection, is the limit.
       this.phase = 'settled';
+      this.settledAt = sample.now;
       return 0;
     }
     const add = this.worthAdding(sample, rate);
     if (add === 0) {
-      if (this.phase === 'probing') this.phase = 'settled';
+      if (this.phase === 'probing') {
+        this.phase = 'settled';
+        this.settledAt = sample.now;
+      }
       // Still one stream: measure again (the link may slow down later).
       else this.window = { at: sample.now, received: sample.received };
       return 0;
@@ -92,10 +101,12 @@ export class SegmentPlanner {
 
   /** Double the connections (within the cap) when the rest is long and big enough to share. */
   private worthAdding(sample: TransferSample, rate: number): number {
-    const { maxSegments, longRemainingMs, minSegmentBytes } = this.options;
+    const { maxSegments, longRemainingMs, keepAddingMs, minSegmentBytes } = this.options;
     const add = Math.min(sample.connections, maxSegments - sample.connections);
     if (add <= 0 || rate <= 0) return 0;
-    if (sample.remaining / rate <= longRemainingMs) return 0;
+    // The first split has to beat a fast link's noise; after a doubling that paid, the link is
+    // known to limit each connection, and another pays as long as the rest is not nearly done.
+    if (sample.remaining / rate <= (this.phase === 'measuring' ? longRemainingMs : keepAddingMs)) return 0;
     if (sample.remaining / (sample.connections + add) < minSegmentBytes) return 0;
     return add;
   }
