@@ -17,6 +17,9 @@ const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
   return ms;
 });
 
+/** 'auto' (adaptive) or a fixed count of parallel Range segments per big blob (1 = one stream). */
+const segmentsSchema = z.union([z.literal('auto'), z.number().int().min(1).max(32)]);
+
 const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
   const bytes = parseSize(value);
   if (bytes === undefined) {
@@ -129,8 +132,8 @@ const upstreamSchema = z.strictObject({
   libraryPrefix: z.boolean().optional(),
   /** Also accept Docker schema1 manifests (deprecated; off by default). */
   allowSchema1: z.boolean().prefault(false),
-  /** Parallel Range segments for big blobs from this upstream (default: downloads.segments; 1 = one stream). */
-  segments: z.number().int().min(1).max(32).optional(),
+  /** Parallel Range segments for big blobs from this upstream (default: downloads.segments; 'auto', or a fixed count, 1 = one stream). */
+  segments: segmentsSchema.optional(),
   /** An HTTP(S) proxy for this upstream (default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY from the environment). */
   proxy: httpUrl.optional(),
   /**
@@ -308,10 +311,19 @@ const configSchema = z.strictObject({
       resumeAttempts: z.number().int().min(0).max(20).prefault(5),
       /** Longest a download may take once no client is waiting for it. */
       writeTimeout: duration.prefault('30m'),
-      /** Blobs at least this big are fetched as parallel Range segments… */
-      segmentThreshold: size.prefault('32MiB'),
-      /** …this many at once (1 = always one stream). */
-      segments: z.number().int().min(1).max(32).prefault(1),
+      /**
+       * Blobs at least this big may be fetched as parallel Range segments (default: 8MiB with
+       * auto, which splits only downloads measured to be slow; 32MiB with a fixed count)…
+       */
+      segmentThreshold: size.optional(),
+      /**
+       * …'auto': start with one stream and add Range connections (up to maxSegments) only while
+       * the measured rate says the rest would take long and each addition raises the total rate;
+       * a number: always that many (1 = always one stream).
+       */
+      segments: segmentsSchema.prefault('auto'),
+      /** With segments: auto, at most this many connections for one download. */
+      maxSegments: z.number().int().min(1).max(32).prefault(8),
       /**
        * At most this many blob downloads run at once (0 = unbounded); more new ones wait in a
        * queue. Joining a running download is never limited. A peer replica's request is not
@@ -408,7 +420,7 @@ export interface UpstreamConfig {
   alias: string | undefined;
   libraryPrefix: boolean;
   allowSchema1: boolean;
-  segments: number;
+  segments: number | 'auto';
   sendNamespace: boolean;
   proxy: string | undefined;
   maxConnections: number;
@@ -488,7 +500,9 @@ export interface Config {
   downloads: {
     resumeAttempts: number;
     writeTimeoutMs: number;
-    segmentThreshold: number;
+    /** undefined: the default for the mode (see downloads.ts). */
+    segmentThreshold: number | undefined;
+    maxSegments: number;
     maxConcurrent: number;
     maxQueued: number;
     queueTimeoutMs: number;
@@ -744,6 +758,7 @@ export function buildConfig(
       resumeAttempts: parsed.downloads.resumeAttempts,
       writeTimeoutMs: parsed.downloads.writeTimeout,
       segmentThreshold: parsed.downloads.segmentThreshold,
+      maxSegments: parsed.downloads.maxSegments,
       maxConcurrent: parsed.downloads.maxConcurrent,
       maxQueued: parsed.downloads.maxQueued,
       queueTimeoutMs: parsed.downloads.queueTimeout,

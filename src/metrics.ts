@@ -67,6 +67,12 @@ export class MirrorMetrics {
     buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     registers: [this.registry],
   });
+  readonly downloadSegments = new Histogram({
+    name: 'mirror_download_segments',
+    help: 'Upstream connections a committed blob download used at most at once (1 = one stream; more = segmented)',
+    buckets: [1, 2, 4, 8, 16, 32],
+    registers: [this.registry],
+  });
   readonly staleServed = this.counter('mirror_stale_served_total', 'Tag manifests served past their TTL because the upstream could not revalidate them', ['upstream', 'reason']);
   readonly downloadsInFlight = this.gauge('mirror_downloads_in_flight', 'Blob downloads from upstreams in progress');
   readonly downloadsRefused = this.counter('mirror_downloads_refused_total', 'New blob downloads refused with 429: the queue for a download slot was full or the wait too long');

@@ -262,6 +262,8 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
     writeTimeoutMs: config.downloads.writeTimeoutMs,
     abandonAfterMs: config.downloads.abandonAfterMs,
     segmentThreshold: config.downloads.segmentThreshold,
+    maxSegments: config.downloads.maxSegments,
+    onDownloaded: ({ segmentsUsed }) => metrics.downloadSegments.observe(segmentsUsed),
     limiter,
     onAbandoned: () => metrics.downloadsAbandoned.inc(),
     logger,

@@ -22,8 +22,11 @@ export interface DownloadSource {
   open(offset: number, signal?: AbortSignal): Promise<{ body: Readable; totalSize: number | undefined; etag?: string | undefined; acceptsRanges?: boolean }>;
   /** GET bytes [start, end] (inclusive), for segmented downloads. */
   openRange?(start: number, end: number, signal?: AbortSignal): Promise<RangeAnswer>;
-  /** Segments to use for a big blob from this source (1 = one stream). */
-  segments?: number;
+  /**
+   * Segments for a big blob from this source: a fixed count (1 = one stream), or 'auto' (one
+   * stream, more Range connections only while the measured rate says they pay).
+   */
+  segments?: number | 'auto';
   /** Paces consumption when the upstream has a bandwidth cap. */
   throttle?(bytes: number): Promise<void>;
   /**

@@ -26,6 +26,7 @@ import type { DownloadLimiter } from './download-limiter.js';
 import type { DownloadSource } from './download-source.js';
 import { GrowingFileReader } from './growing-file-reader.js';
 import type { ScratchSpace } from './scratch.js';
+import { DEFAULT_PLANNER_OPTIONS, SegmentPlanner, type SegmentPlannerOptions } from './segment-planner.js';
 
 /** The upstream cannot be trusted with segments (ignored Range, content changed): use one stream. */
 class SegmentFallback extends Error {}
@@ -36,12 +37,45 @@ class SegmentFallback extends Error {}
  */
 const WORTH_FINISHING_BYTES = 8 * 1024 * 1024;
 
+const MiB = 1024 * 1024;
+/**
+ * Without a configured threshold: a fixed count splits every blob this big up front; auto
+ * only ever splits a download measured to be slow, so smaller blobs may take part.
+ */
+const FIXED_SEGMENT_THRESHOLD = 32 * MiB;
+const AUTO_SEGMENT_THRESHOLD = 8 * MiB;
+/** Auto's cap on connections for one download when none is configured. */
+const DEFAULT_MAX_SEGMENTS = 8;
+/** How often an adaptive download's planner looks at the rate. */
+const PLANNER_TICK_MS = 100;
+/** How much of a segmented download's file is read back at once to be hashed (two buffers). */
+const READ_BACK_BYTES = 4 * MiB;
+/** Cut points fall on this boundary (tidy ranges; any would do). */
+const SPLIT_ALIGN = 64 * 1024;
+
+/** One piece [start, end] (inclusive) of a segmented download; bytes [start, pos) are in the temp file. */
+interface Segment {
+  start: number;
+  end: number;
+  pos: number;
+  /** The end of the bytes a write under way has claimed (never less than pos): a cut goes after it. */
+  reserved: number;
+  /** Its current response has delivered bytes (for the planner: a connection still opening is not measured). */
+  flowing: boolean;
+}
+
 export type DownloadState = 'running' | 'committing' | 'done' | 'failed';
 
 export interface DownloadOptions {
   resumeAttempts: number;
-  /** Blobs at least this big are fetched in segments when the source allows it. */
-  segmentThreshold: number;
+  /** Blobs at least this big are fetched in segments when the source allows it (default: 32 MiB for a fixed count, 8 MiB for auto). */
+  segmentThreshold?: number;
+  /** `segments: auto`: at most this many connections for one download (default 8). */
+  maxSegments?: number;
+  /** `segments: auto`: the planner's windows and thresholds (tests shorten them). */
+  planner?: Partial<Omit<SegmentPlannerOptions, 'maxSegments'>>;
+  /** Told of every committed download: how many connections it used at most at once (a metric). */
+  onDownloaded?(stats: { segmentsUsed: number; bytes: number; ms: number }): void;
   /** The longest a download goes on once no client reads it. */
   writeTimeoutMs: number;
   /** Cancelled sooner, after this long without a reader, unless worth finishing (0 or none = never sooner). */
@@ -65,7 +99,7 @@ export class BlobDownload extends EventEmitter {
   error: Error | undefined;
   tempPath: string | undefined;
   resumes = 0;
-  /** How many parallel segments this download used (1 = one stream). */
+  /** The most upstream connections this download used at once (1 = one stream). */
   segmentsUsed = 1;
   /** Resolves when the upstream's first answer arrived (size known); rejects if it refused. */
   readonly ready: Promise<void>;
@@ -135,6 +169,7 @@ export class BlobDownload extends EventEmitter {
     if (!temp) return;
     this.tempPath = temp.path;
     const { handle } = temp;
+    const startedAt = performance.now();
     let failure: Error | undefined;
     try {
       let segmentsTried = false;
@@ -156,13 +191,10 @@ export class BlobDownload extends EventEmitter {
           this.resolveReady();
           // Clients read it from now on; none might (they all left while it was opening).
           if (this.readers === 0 && !this.idleTimer) this.startIdleTimer();
-          const segments = this.source.segments ?? 1;
-          if (
-            !segmentsTried && this.written === 0 && segments > 1 && this.source.openRange && acceptsRanges !== false &&
-            totalSize !== undefined && totalSize >= this.options.segmentThreshold
-          ) {
+          const plan = segmentsTried || this.written > 0 || acceptsRanges === false || !this.source.openRange ? undefined : this.segmentPlan(totalSize);
+          if (plan !== undefined && totalSize !== undefined) {
             segmentsTried = true;
-            if (await this.runSegments(handle, verifier, body, totalSize, etag, segments)) break;
+            if (await this.runSegments(handle, verifier, body, totalSize, etag, plan)) break;
             // Fell back: go on with one stream from the verified prefix.
             attempt = -1;
             continue;
@@ -233,6 +265,9 @@ export class BlobDownload extends EventEmitter {
     this.totalSize = this.written;
     this.state = 'done';
     this.clearIdleTimer();
+    const ms = Math.round(performance.now() - startedAt);
+    this.options.logger.info({ digest: this.digest.value, bytes: this.written, ms, segmentsUsed: this.segmentsUsed, resumes: this.resumes }, 'blob downloaded');
+    this.options.onDownloaded?.({ segmentsUsed: this.segmentsUsed, bytes: this.written, ms });
     try {
       this.options.onCommitted(this.digest, this.written);
     } catch (err) {
@@ -241,6 +276,20 @@ export class BlobDownload extends EventEmitter {
     }
     this.resolveFinished();
     this.emit('progress');
+  }
+
+  /**
+   * How a blob of `totalSize` is fetched when the source allows ranges: a fixed count of
+   * segments, a planner that adds them while they pay (auto), or undefined (one stream).
+   */
+  private segmentPlan(totalSize: number | undefined): number | SegmentPlanner | undefined {
+    const segments = this.source.segments ?? 1;
+    const auto = segments === 'auto';
+    const maxSegments = this.options.maxSegments ?? DEFAULT_MAX_SEGMENTS;
+    const threshold = this.options.segmentThreshold ?? (auto ? AUTO_SEGMENT_THRESHOLD : FIXED_SEGMENT_THRESHOLD);
+    if (totalSize === undefined || totalSize < threshold) return undefined;
+    if (!auto) return segments > 1 ? segments : undefined;
+    return maxSegments > 1 ? new SegmentPlanner({ ...DEFAULT_PLANNER_OPTIONS, ...this.options.planner, maxSegments }) : undefined;
   }
 
   /**
@@ -286,18 +335,26 @@ export class BlobDownload extends EventEmitter {
   }
 
   /**
-   * Fetch [0, total) as parallel Range segments written at their offsets. The first
-   * segment is the already open full response, read up to its end. `written` (what readers
-   * see) is the contiguous prefix, hashed in order by reading it back as it grows. Returns
-   * false when the upstream cannot be trusted with ranges: `written` is then a verified
-   * prefix to resume from with one stream.
+   * Fetch [0, total) as parallel Range segments written at their offsets. The first segment
+   * is the already open full response, read up to wherever its piece ends. `written` (what
+   * readers see) is the contiguous prefix, hashed strictly in order: from memory when a write
+   * lands right at it (the one-stream case costs nothing more than a plain download), else by
+   * reading the file back as the gaps fill. `plan` is either a fixed count (the blob cut into
+   * equal pieces up front) or a planner (segments: auto) that starts with the one stream and
+   * adds connections while they raise the total rate, each time splitting the biggest piece
+   * left, and again whenever a connection finishes its piece (work stealing: the tail does not
+   * run on one connection). Returns false when the upstream cannot be trusted with ranges:
+   * `written` is then a verified prefix to resume from with one stream.
    */
-  private async runSegments(handle: FileHandle, verifier: DigestVerifier, first: Readable, total: number, etag: string | undefined, count: number): Promise<boolean> {
-    const step = Math.ceil(total / count / (1024 * 1024)) * 1024 * 1024;
-    const segments: { start: number; end: number; pos: number }[] = [];
-    for (let start = 0; start < total; start += step) segments.push({ start, end: Math.min(total, start + step) - 1, pos: start });
-    this.segmentsUsed = segments.length;
-    let hashing: Promise<void> = Promise.resolve();
+  private async runSegments(handle: FileHandle, verifier: DigestVerifier, first: Readable, total: number, etag: string | undefined, plan: number | SegmentPlanner): Promise<boolean> {
+    const planner = typeof plan === 'number' ? undefined : plan;
+    /** Sorted by start; together they tile [0, total). */
+    const segments: Segment[] = [];
+    const newSegment = (start: number, end: number): Segment => ({ start, end, pos: start, reserved: start, flowing: false });
+    if (typeof plan === 'number') {
+      const step = Math.ceil(total / plan / MiB) * MiB;
+      for (let start = 0; start < total; start += step) segments.push(newSegment(start, Math.min(total, start + step) - 1));
+    } else segments.push(newSegment(0, total - 1));
     const contiguous = () => {
       let end = 0;
       for (const seg of segments) {
@@ -307,16 +364,35 @@ export class BlobDownload extends EventEmitter {
       return end;
     };
     // Hash (and publish to readers) the prefix as it becomes contiguous, strictly in order.
-    const advance = () => {
+    let hashing: Promise<void> = Promise.resolve();
+    let readBack: Buffer[] | undefined;
+    const publish = (offset: number, chunks: Buffer[] | undefined) => {
       hashing = hashing.then(async () => {
-        const buffer = Buffer.allocUnsafe(1024 * 1024);
-        for (let until = contiguous(); this.written < until; until = contiguous()) {
-          const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, until - this.written), this.written);
+        if (chunks && this.written === offset) {
+          for (const c of chunks) verifier.update(c);
+          this.written += chunks.reduce((n, c) => n + c.length, 0);
+          this.emit('progress');
+        }
+        // Big reads, the next one under way while this one is hashed: when the last pieces
+        // land together, most of the blob is hashed here, after the download, on the clock.
+        readBack ??= [Buffer.allocUnsafe(READ_BACK_BYTES), Buffer.allocUnsafe(READ_BACK_BYTES)];
+        const readAt = (buffer: Buffer, position: number, until: number) =>
+          position < until ? handle.read(buffer, 0, Math.min(buffer.length, until - position), position).then((r) => r.bytesRead) : Promise.resolve(0);
+        let turn = 0;
+        let until = contiguous();
+        let reading = readAt(readBack[turn]!, this.written, until);
+        while (this.written < until) {
+          const bytesRead = await reading;
           if (bytesRead === 0) throw new Error('segment data vanished from the temp file');
-          verifier.update(buffer.subarray(0, bytesRead));
+          const current = readBack[turn]!;
+          turn ^= 1;
+          until = contiguous();
+          reading = readAt(readBack[turn]!, this.written + bytesRead, until);
+          verifier.update(current.subarray(0, bytesRead));
           this.written += bytesRead;
           this.emit('progress');
         }
+        await reading;
       });
       return hashing;
     };
@@ -332,28 +408,70 @@ export class BlobDownload extends EventEmitter {
       cancel.abort(new Error(`another segment failed: ${err.message}`));
       for (const b of bodies) b.destroy();
     };
-    const fetchSegment = async (seg: (typeof segments)[number], index: number) => {
-      try {
-        await fetchSegmentOnce(seg, index);
-      } catch (err) {
-        stopOthers(err as Error);
-        throw err;
-      }
+    /** Where one response's bytes go: its piece of the temp file, never past the piece's (current) end. */
+    const segmentSink = (seg: Segment, body: Readable) => {
+      let last: Promise<void> = Promise.resolve();
+      const write = async (chunks: Buffer[]) => {
+        if (this.state !== 'running') throw this.error ?? new Error('download aborted');
+        // Past the end of the piece (it was cut, or the first response runs on): not ours.
+        if (seg.pos > seg.end) return;
+        const pieces = takeBytes(chunks, seg.end + 1 - seg.pos);
+        const offset = seg.pos;
+        const length = pieces.reduce((n, c) => n + c.length, 0);
+        // Claimed before any await: a cut is never placed inside a write under way.
+        seg.reserved = offset + length;
+        seg.flowing = true;
+        await this.source.throttle?.(length);
+        let position = offset;
+        for (let pending = pieces; pending.length > 0; ) {
+          const { bytesWritten } = await handle.writev(pending, position);
+          position += bytesWritten;
+          pending = dropBytes(pending, bytesWritten);
+        }
+        seg.pos = offset + length;
+        // At the prefix: hash from memory, and wait for it (memory stays bounded). Elsewhere:
+        // it is read back once the gap before it fills.
+        if (offset === this.written) await publish(offset, pieces);
+        else void publish(offset, undefined).catch(() => undefined);
+        if (seg.pos > seg.end) body.destroy();
+      };
+      const accept = (chunks: Buffer[]) => (last = write(chunks));
+      return {
+        stream: new Writable({
+          highWaterMark: 4 * MiB,
+          write: (chunk: Buffer, _encoding, callback) => void accept([chunk]).then(() => callback(), callback),
+          writev: (entries, callback) => void accept(entries.map((e) => e.chunk as Buffer)).then(() => callback(), callback),
+        }),
+        settled: () => last.then(() => undefined, () => undefined),
+      };
     };
-    const fetchSegmentOnce = async (seg: (typeof segments)[number], index: number) => {
+    const fetchSegment = async (seg: Segment, firstBody: Readable | undefined) => {
       for (let attempt = 0; seg.pos <= seg.end; attempt++) {
         let body: Readable;
-        if (index === 0 && attempt === 0) body = first;
-        else {
+        if (firstBody && attempt === 0) body = firstBody;
+        else if (seg.start === 0 && seg.end === total - 1) {
+          // Still the one stream of an adaptive download (nothing split off yet): resume it as
+          // a plain download resumes (`bytes=N-`, and an upstream that ignores Range is skipped
+          // through), not as a segment whose dishonest answer would end segmenting.
           if (signal.aborted) throw signal.reason as Error;
-          const answer = await untilOpened(signal, (pending) => this.source.openRange!(seg.pos, seg.end, pending));
+          const answer = await untilOpened(signal, (pending) => this.source.open(seg.pos, pending));
+          body = answer.body;
+          if (signal.aborted || (answer.totalSize !== undefined && answer.totalSize !== total)) {
+            body.destroy();
+            if (signal.aborted) throw signal.reason as Error;
+            throw new RegistryError('BLOB_UNKNOWN', 'upstream changed the blob size while resuming', { status: 502, detail: { digest: this.digest.value } });
+          }
+        } else {
+          if (signal.aborted) throw signal.reason as Error;
+          const [start, end] = [seg.pos, seg.end];
+          const answer = await untilOpened(signal, (pending) => this.source.openRange!(start, end, pending));
           body = answer.body;
           if (signal.aborted) {
             body.destroy();
             throw signal.reason as Error;
           }
           const r = answer.range;
-          const honest = answer.status === 206 && r && r.start === seg.pos && r.end === seg.end && r.total === total && (!etag || !answer.etag || answer.etag === etag);
+          const honest = answer.status === 206 && r && r.start === start && r.end === end && r.total === total && (!etag || !answer.etag || answer.etag === etag);
           if (!honest) {
             answer.body.destroy();
             throw new SegmentFallback(
@@ -363,36 +481,104 @@ export class BlobDownload extends EventEmitter {
         }
         this.activeBodies.add(body);
         bodies.add(body);
+        const sink = segmentSink(seg, body);
         try {
-          for await (const chunk of body as AsyncIterable<Buffer>) {
-            if (this.state !== 'running') throw this.error ?? new Error('download aborted');
-            const piece = chunk.length > seg.end - seg.pos + 1 ? chunk.subarray(0, seg.end - seg.pos + 1) : chunk;
-            await this.source.throttle?.(piece.length);
-            await writeAt(handle, piece, seg.pos);
-            seg.pos += piece.length;
-            void advance().catch(() => undefined);
-            if (seg.pos > seg.end) break;
-          }
+          await pipeline(body, sink.stream);
         } catch (err) {
+          // A write may still be under way: the resume offset must include it.
+          await sink.settled();
+          // Destroyed on purpose at the end of its piece: done.
+          if (seg.pos > seg.end && this.state === 'running' && !signal.aborted) break;
           if (signal.aborted) throw signal.reason as Error;
           if (err instanceof SegmentFallback || this.state !== 'running' || isLocalFsError(err as Error) || attempt >= this.options.resumeAttempts) throw err;
           this.resumes++;
-          this.options.logger.warn({ digest: this.digest.value, segment: index, offset: seg.pos, err: (err as Error).message }, 'segment interrupted; resuming it');
+          this.options.logger.warn({ digest: this.digest.value, offset: seg.pos, end: seg.end, err: (err as Error).message }, 'segment interrupted; resuming it');
           continue;
         } finally {
+          await sink.settled();
+          seg.flowing = false;
           this.activeBodies.delete(body);
           bodies.delete(body);
-          // The first segment's response runs on to the end of the blob: stop it at the boundary.
-          if (index === 0 && attempt === 0) body.destroy();
+          // The first response runs on to the end of the blob, a cut piece's past the cut: stop it.
+          if (!body.readableEnded) body.destroy();
         }
         if (seg.pos <= seg.end) {
-          if (attempt >= this.options.resumeAttempts) throw new Error(`segment ${index} ended early at ${seg.pos}`);
+          if (attempt >= this.options.resumeAttempts) throw new Error(`segment ending at ${seg.end} ended early at ${seg.pos}`);
           this.resumes++;
         }
       }
     };
-    await Promise.allSettled(segments.map((seg, i) => fetchSegment(seg, i)));
-    await advance();
+    const left = (seg: Segment) => Math.max(0, seg.end + 1 - Math.max(seg.pos, seg.reserved));
+    const biggestLeft = () => {
+      let biggest: Segment | undefined;
+      for (const seg of segments) if (seg.pos <= seg.end && (!biggest || left(seg) > left(biggest))) biggest = seg;
+      return biggest;
+    };
+    let running = 0;
+    let settle!: () => void;
+    const allDone = new Promise<void>((resolve) => (settle = resolve));
+    const launch = (seg: Segment, firstBody?: Readable) => {
+      running++;
+      this.segmentsUsed = Math.max(this.segmentsUsed, running);
+      fetchSegment(seg, firstBody).then(
+        () => {
+          running--;
+          // A connection is free: take over half of the biggest piece left, when that is long.
+          const biggest = biggestLeft();
+          if (planner && biggest && !firstFailure && this.state === 'running' && planner.shouldSteal(left(biggest), running) && split(biggest)) {
+            this.options.logger.debug({ digest: this.digest.value, connections: running, piece: left(biggest) * 2 }, 'a connection finished its piece; it takes over half of the biggest left');
+          }
+          if (running === 0) settle();
+        },
+        (err: unknown) => {
+          stopOthers(err instanceof Error ? err : new Error(String(err)));
+          running--;
+          if (running === 0) settle();
+        },
+      );
+    };
+    /** Cut the rest of `seg` in two and start a connection on the second half; false when too small. */
+    const split = (seg: Segment): boolean => {
+      const from = Math.max(seg.pos, seg.reserved);
+      const cut = Math.ceil((from + left(seg) / 2) / SPLIT_ALIGN) * SPLIT_ALIGN;
+      if (cut <= from || seg.end + 1 - cut < (planner?.options.minSegmentBytes ?? MiB)) return false;
+      const piece = newSegment(cut, seg.end);
+      seg.end = cut - 1;
+      segments.splice(segments.indexOf(seg) + 1, 0, piece);
+      launch(piece);
+      return true;
+    };
+    this.segmentsUsed = 1;
+    segments.forEach((seg, i) => launch(seg, i === 0 ? first : undefined));
+    const ticker = planner
+      ? setInterval(() => {
+          if (firstFailure || this.state !== 'running') return;
+          const sample = { now: performance.now(), received: 0, remaining: 0, connections: running, flowing: 0 };
+          for (const seg of segments) {
+            sample.received += seg.pos - seg.start;
+            sample.remaining += left(seg);
+            if (seg.flowing) sample.flowing++;
+          }
+          const add = planner.next(sample);
+          if (add > 0 || planner.settledAt === sample.now) {
+            this.options.logger.debug(
+              { digest: this.digest.value, connections: running, add, bytesPerSecond: Math.round(planner.lastRate * 1000), remaining: sample.remaining },
+              add > 0 ? 'download measured slow; adding Range connections' : 'more connections would not help this download',
+            );
+          }
+          for (let n = add; n > 0; n--) {
+            const biggest = biggestLeft();
+            if (!biggest || !split(biggest)) break;
+          }
+        }, PLANNER_TICK_MS)
+      : undefined;
+    ticker?.unref();
+    try {
+      await allDone;
+    } finally {
+      clearInterval(ticker);
+    }
+    await publish(0, undefined);
     if (!firstFailure) return true;
     // The first failure is the cause; the others' are the cancellations it caused.
     if (firstFailure instanceof SegmentFallback && this.state === 'running') {
@@ -501,6 +687,18 @@ export class BlobDownload extends EventEmitter {
 }
 
 /** The buffers left after the first `count` bytes (for a short writev). */
+/** The first `count` bytes of `buffers` (all of them when they hold no more). */
+function takeBytes(buffers: Buffer[], count: number): Buffer[] {
+  const taken: Buffer[] = [];
+  let room = count;
+  for (const b of buffers) {
+    if (room <= 0) break;
+    taken.push(b.length > room ? b.subarray(0, room) : b);
+    room -= b.length;
+  }
+  return taken;
+}
+
 function dropBytes(buffers: Buffer[], count: number): Buffer[] {
   const rest: Buffer[] = [];
   let skip = count;
@@ -512,14 +710,6 @@ function dropBytes(buffers: Buffer[], count: number): Buffer[] {
     }
   }
   return rest;
-}
-
-async function writeAt(handle: FileHandle, chunk: Buffer, position: number): Promise<void> {
-  let offset = 0;
-  while (offset < chunk.length) {
-    const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset, position + offset);
-    offset += bytesWritten;
-  }
 }
 
 /**

@@ -17,7 +17,7 @@ export class UpstreamRegistry {
   readonly allowSchema1: boolean;
   /** In order of preference when their pulls left are equal; empty = anonymous only. */
   readonly credentials: readonly UpstreamCredential[];
-  readonly segments: number;
+  readonly segments: number | 'auto';
   readonly sendNamespace: boolean;
   readonly proxy: string | undefined;
   readonly maxConnections: number;
