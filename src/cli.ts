@@ -3,6 +3,7 @@
 // gc, verify, ls, stats, client-config) share the same configuration options.
 
 import { Argument, Command, Option } from 'commander';
+import cluster from 'node:cluster';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import pino from 'pino';
 import type { PrewarmProgress } from './airgap/prewarm.js';
@@ -11,10 +12,8 @@ import { dirname, join } from 'node:path';
 import { clientConfig, type ClientKind } from './client-config.js';
 import { ConfigError, loadConfig, type Config, type ConfigOverrides } from './config.js';
 import { createLogger } from './log.js';
-import { createMirror } from './mirror.js';
 import { formatBytes, parseSize } from './units.js';
 import { UpstreamRegistry } from './upstream/registry.js';
-import { startServer } from './server/app.js';
 
 interface CommonOptions {
   config?: string;
@@ -50,6 +49,7 @@ function configFrom(options: CommonOptions & ConfigOverrides): Config {
         ttl: options.ttl,
         logLevel: options.logLevel,
         offline: options.offline,
+        workers: options.workers,
       },
     });
   } catch (err) {
@@ -63,25 +63,35 @@ function configFrom(options: CommonOptions & ConfigOverrides): Config {
 
 async function serve(options: CommonOptions & ConfigOverrides): Promise<void> {
   const config = configFrom(options);
-  const logger = createLogger(config.log.level);
-  const mirror = await createMirror({ config, logger });
+  // workers > 1: this process is the primary (src/workers/primary.ts) and the forks run the
+  // code below, each its own mirror on the shared socket. The primary loads no mirror code.
+  if (cluster.isPrimary && config.workers > 1) {
+    const { runPrimary } = await import('./workers/primary.js');
+    return runPrimary(config, createLogger(config.log.level));
+  }
+  const link = cluster.isWorker ? new (await import('./workers/worker-link.js')).WorkerLink(cluster.worker!.id) : undefined;
+  const logger = link ? createLogger(config.log.level).child({ worker: link.id }) : createLogger(config.log.level);
+  const [{ createMirror }, { startServer }] = await Promise.all([import('./mirror.js'), import('./server/app.js')]);
+  const mirror = await createMirror({ config, logger, siblings: link });
+  if (link) (await import('./workers/worker-link.js')).shareMetrics(mirror.metrics.registry);
   const server = await startServer(mirror);
-  logger.info(
-    {
-      url: server.url,
-      listen: `${config.listen.host}:${config.listen.port}`,
-      storage: config.storage.path,
-      offline: config.offline,
-      upstreams: config.upstreams.map((u) => ({ name: u.name, url: u.url, ttlMs: u.ttlMs, credentials: u.credentials.map((c) => c.name) })),
-      defaultUpstream: config.defaultUpstream,
-    },
-    'mirror listening',
-  );
+  const started = {
+    listen: `${config.listen.host}:${config.listen.port}`,
+    storage: config.storage.path,
+    offline: config.offline,
+    upstreams: config.upstreams.map((u) => ({ name: u.name, url: u.url, ttlMs: u.ttlMs, credentials: u.credentials.map((c) => c.name) })),
+    defaultUpstream: config.defaultUpstream,
+  };
+  // A worker does not log the url: the primary does, once, when every worker listens.
+  if (link) logger.info({ pid: process.pid }, 'worker listening');
+  else logger.info({ url: server.url, ...started }, 'mirror listening');
   logger.flush();
 
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) {
+      // The primary's order repeats what a terminal's signal to the whole group already said.
+      if (signal === 'primary') return;
       logger.warn({ signal }, 'second signal: exiting now');
       logger.flush();
       process.exit(1);
@@ -94,16 +104,18 @@ async function serve(options: CommonOptions & ConfigOverrides): Promise<void> {
     logger.flush();
     process.exit(0);
   };
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGINT', () => void stop('SIGINT'));
-  process.on('SIGHUP', () => {
+  const reload = () => {
     try {
       server.reload();
       logger.info('TLS certificate and htpasswd file reloaded');
     } catch (err) {
       logger.error({ err }, 'reload failed; keeping the old certificate and users');
     }
-  });
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGHUP', reload);
+  link?.onOrders({ shutdown: () => void stop('primary'), reload });
 }
 
 const program = new Command();
@@ -114,7 +126,8 @@ withConfigOptions(
     .command('serve')
     .description('serve the Registry v2 pull API from the cache, falling through to the upstreams')
     .option('--listen <host:port>', 'address to listen on (env MIRROR_LISTEN; default 0.0.0.0:5000)')
-    .option('-p, --port <port>', 'port to listen on, keeping the configured host (env MIRROR_PORT)'),
+    .option('-p, --port <port>', 'port to listen on, keeping the configured host (env MIRROR_PORT)')
+    .option('--workers <n|auto>', 'processes serving the port: auto = one per CPU, 1 = a single process (env MIRROR_WORKERS; default auto)'),
 ).action((options: CommonOptions & ConfigOverrides) => serve(options));
 
 function printTable(rows: Record<string, string | number>[], columns: string[]): void {
@@ -212,6 +225,7 @@ function report<T>(json: boolean | undefined, result: T, inWords: (result: T) =>
 async function coreFor(options: CommonOptions & ConfigOverrides) {
   const config = configFrom(options);
   const logger = pino({ level: config.log.level === 'info' ? 'warn' : config.log.level }, pino.destination(2));
+  const { createMirror } = await import('./mirror.js');
   return createMirror({ config, logger, oneShot: true });
 }
 

@@ -4,6 +4,7 @@
 
 import { existsSync, readFileSync } from 'node:fs';
 import { isIP, isIPv4 } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { parseDuration, parseSize } from './units.js';
@@ -159,8 +160,16 @@ export function isLoopbackHost(host: string): boolean {
   return isIPv4(v4) && v4.startsWith('127.');
 }
 
+/** `auto` (one per CPU available to the process) or a count; CLI and env give it as text. */
+const workerCount = z.union([
+  z.literal('auto'),
+  z.coerce.number().int().min(1).max(256),
+]);
+
 const configSchema = z.strictObject({
   listen: hostPort.prefault('0.0.0.0:5000'),
+  /** Processes serving the socket: auto = availableParallelism(), 1 = a single process (no primary). */
+  workers: workerCount.prefault('auto'),
   tls: z
     .strictObject({ cert: z.string().min(1), key: z.string().min(1) })
     .optional(),
@@ -472,6 +481,8 @@ export interface WebhookConfig {
 
 export interface Config {
   listen: { host: string; port: number };
+  /** Worker processes `serve` runs (`auto` resolved to the CPUs available). */
+  workers: number;
   tls: { cert: string; key: string } | undefined;
   auth: { htpasswd: string; realm: string } | undefined;
   cluster: { self: string; peers: string[]; secret: string | undefined } | undefined;
@@ -529,6 +540,7 @@ export interface ConfigOverrides {
   ttl?: string;
   logLevel?: string;
   offline?: boolean;
+  workers?: string;
 }
 
 export const ENV_OVERRIDES: Record<keyof ConfigOverrides, string> = {
@@ -539,6 +551,7 @@ export const ENV_OVERRIDES: Record<keyof ConfigOverrides, string> = {
   ttl: 'MIRROR_TTL',
   logLevel: 'MIRROR_LOG_LEVEL',
   offline: 'MIRROR_OFFLINE',
+  workers: 'MIRROR_WORKERS',
 };
 
 /** Replace ${NAME} (and ${NAME:-default}) in every string of the document. */
@@ -618,6 +631,7 @@ export function buildConfig(
   for (const [k, v] of Object.entries(overrides)) if (v !== undefined) (merged as Record<string, unknown>)[k] = v;
 
   if (merged.listen !== undefined) doc.listen = merged.listen;
+  if (merged.workers !== undefined) doc.workers = merged.workers;
   if (merged.port !== undefined) {
     const current = typeof doc.listen === 'string' ? doc.listen : '0.0.0.0:5000';
     const host = current.includes(':') ? current.slice(0, current.lastIndexOf(':')) : '0.0.0.0';
@@ -717,6 +731,7 @@ export function buildConfig(
 
   const config: Config = {
     listen: parsed.listen,
+    workers: parsed.workers === 'auto' ? availableParallelism() : parsed.workers,
     tls: parsed.tls,
     auth: parsed.auth,
     cluster: parsed.cluster && { self: parsed.cluster.self, peers: parsed.cluster.peers, secret: parsed.cluster.secret },

@@ -1,7 +1,7 @@
 // The mirror's Prometheus metrics, on a registry of its own (no global default registry,
 // so several mirrors in one test process do not collide).
 
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, type Aggregator } from 'prom-client';
 
 export class MirrorMetrics {
   readonly registry = new Registry();
@@ -19,8 +19,10 @@ export class MirrorMetrics {
     downloadSlots(): { active: number; queued: number };
   }): void {
     const registers = [this.registry];
-    new Gauge({ name: 'mirror_cache_bytes', help: 'Bytes of verified content in the cache', registers, collect() { this.set(source.cacheBytes()); } });
-    new Gauge({ name: 'mirror_cache_objects', help: 'Blobs and manifests in the cache', registers, collect() { this.set(source.cacheObjects()); } });
+    // Workers (`workers: N`) share one cache: its size is not summed over them (prom-client's
+    // AggregatorRegistry sums by default, right for counters and for per-process gauges).
+    new Gauge({ name: 'mirror_cache_bytes', help: 'Bytes of verified content in the cache', registers, aggregator: 'max', collect() { this.set(source.cacheBytes()); } });
+    new Gauge({ name: 'mirror_cache_objects', help: 'Blobs and manifests in the cache', registers, aggregator: 'max', collect() { this.set(source.cacheObjects()); } });
     new Gauge({ name: 'mirror_downloads_active', help: 'Blob downloads holding a slot of downloads.maxConcurrent', registers, collect() { this.set(source.downloadSlots().active); } });
     new Gauge({ name: 'mirror_downloads_queued', help: 'New blob downloads waiting for a slot', registers, collect() { this.set(source.downloadSlots().queued); } });
     new Gauge({
@@ -28,6 +30,7 @@ export class MirrorMetrics {
       help: 'Circuit breaker per upstream: 1 closed (up), 0.5 probing, 0 open (marked down)',
       labelNames: ['upstream'] as const,
       registers,
+      aggregator: 'min',
       collect() {
         for (const b of source.breakers()) this.set({ upstream: b.upstream }, b.state === 'closed' ? 1 : b.state === 'half-open' ? 0.5 : 0);
       },
@@ -92,12 +95,13 @@ export class MirrorMetrics {
   readonly digestMismatches = this.counter('mirror_digest_mismatches_total', 'Upstream content refused because it did not match its digest', ['upstream']);
   readonly evictions = this.counter('mirror_evictions_total', 'Objects evicted from the cache (least recently used first)');
   readonly evictedBytes = this.counter('mirror_evicted_bytes_total', 'Bytes evicted from the cache');
-  readonly evictionLeaseHeld = this.gauge('mirror_eviction_lease_held', 'Shared bucket: 1 while this replica holds the eviction lease (it evicts for all replicas)');
+  readonly evictionLeaseHeld = this.gauge('mirror_eviction_lease_held', 'Shared bucket: 1 while this replica holds the eviction lease (it evicts for all replicas)', [], 'max');
   readonly evictionSkipped = this.counter('mirror_eviction_skipped_total', 'Shared bucket: eviction checks left to the replica holding the eviction lease');
   readonly rateLimitRemaining = this.gauge(
     'mirror_upstream_ratelimit_remaining',
     'The last ratelimit-remaining an upstream reported, per credential (its name, or anonymous), while its window lasts',
     ['upstream', 'credential'],
+    'min',
   );
   readonly savedBytes = this.counter('mirror_saved_bytes_total', 'Blob bytes served without downloading them from the upstream (from the cache, or joining another client\'s download), by upstream and reason', ['upstream', 'reason']);
   readonly savedPulls = this.counter('mirror_saved_pulls_total', 'Image pulls (their first manifest GET) answered without a manifest GET upstream, by upstream and reason', ['upstream', 'reason']);
@@ -110,7 +114,7 @@ export class MirrorMetrics {
     return new Counter<L>({ name, help, labelNames, registers: [this.registry] });
   }
 
-  private gauge<L extends string = never>(name: string, help: string, labelNames: readonly L[] = []): Gauge<L> {
-    return new Gauge<L>({ name, help, labelNames, registers: [this.registry] });
+  private gauge<L extends string = never>(name: string, help: string, labelNames: readonly L[] = [], aggregator: Aggregator = 'sum'): Gauge<L> {
+    return new Gauge<L>({ name, help, labelNames, registers: [this.registry], aggregator });
   }
 }

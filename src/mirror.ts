@@ -34,6 +34,7 @@ import { ClientMissBudget } from './core/client-budget.js';
 import { blobOrManifest } from './core/manifest-as-blob.js';
 import { ManifestService } from './core/manifest-service.js';
 import { Prefetcher } from './core/prefetch.js';
+import type { SiblingWorkers } from './core/sibling-workers.js';
 import { ReferrersService, type ReferrersResult } from './core/referrers-service.js';
 import { RepositoryAccess } from './core/repository-access.js';
 import type { BlobResult, ManifestResult, TagList } from './core/results.js';
@@ -51,6 +52,8 @@ export interface MirrorOptions {
   metrics?: MirrorMetrics;
   /** A one-shot command (prewarm, export, import), not a server: on a shared bucket it leaves eviction to the replicas. */
   oneShot?: boolean;
+  /** The other worker processes of this mirror (`workers: N`); none for a single process. */
+  siblings?: SiblingWorkers;
 }
 
 /** Access times are batched in memory and written this often. */
@@ -82,6 +85,7 @@ interface MirrorParts {
   shared: SharedBucketEviction | undefined;
   /** Layer prefetch (none in the one-shot commands). */
   prefetcher?: Prefetcher;
+  siblings: SiblingWorkers | undefined;
 }
 
 /** The mirror as the server and the CLI see it: its parts, and the calls a pull makes. */
@@ -98,6 +102,8 @@ export class Mirror {
   readonly index: CacheIndex;
   readonly downloads: Downloads;
   readonly evictor: Evictor;
+  /** The other workers (`/metrics` and `/readyz` answer for all of them); none for a single process. */
+  readonly siblings: SiblingWorkers | undefined;
   private readonly parts: MirrorParts;
   private readonly flushTimer: NodeJS.Timeout;
 
@@ -106,6 +112,7 @@ export class Mirror {
     ({
       config: this.config, logger: this.logger, clock: this.clock, metrics: this.metrics, selector: this.selector,
       upstreams: this.upstreams, store: this.store, scratch: this.scratch, index: this.index, downloads: this.downloads, evictor: this.evictor,
+      siblings: this.siblings,
     } = parts);
     this.flushTimer = setInterval(() => {
       this.flushIndex();
@@ -212,7 +219,7 @@ export class Mirror {
 
 /** Build the mirror from its configuration: the one place its parts are put together. */
 export async function createMirror(options: MirrorOptions): Promise<Mirror> {
-  const { config, logger } = options;
+  const { config, logger, siblings } = options;
   const clock = options.clock ?? systemClock;
   const metrics = options.metrics ?? new MirrorMetrics();
   const storage = await openStorage(config, { sweep: true });
@@ -239,7 +246,8 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
 
   // Eviction needs to know what is busy and to drop in-memory copies: it is told through
   // callbacks, since those parts are built after it.
-  const tags = new TagCache(index, logger);
+  // Another worker's change to a tag row: the index is the truth, drop the copy in memory.
+  const tags = new TagCache(index, logger, siblings && ((key) => siblings.publish({ kind: 'tag', key })));
   let manifestCache: ManifestCache | undefined;
   const evictor = new Evictor(
     store, index, config.storage, logger, () => clock.now(),
@@ -249,8 +257,11 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
       tags.forgetDigest(digest);
       metrics.evictions.inc();
       metrics.evictedBytes.inc(size);
+      siblings?.publish({ kind: 'evicted', digest });
     },
     shared,
+    // Workers share one index and store: one of them evicts at a time.
+    siblings && ((work) => siblings.exclusive('eviction', work)),
   );
   const rebuild = needsRebuild
     ? startIndexRebuild(config.storage.path, store, index, { logger, now: () => clock.now(), onAdopted: (bytes) => evictor.added(bytes) })
@@ -271,10 +282,11 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
       index.putBlob(digest.value, size, clock.now());
       shared?.noteUse(digest.value);
       evictor.added(size);
+      siblings?.publish({ kind: 'added', bytes: size });
     },
   });
   const access = new RepositoryAccess(index, upstreams, config.offline, logger);
-  const budget = new ClientMissBudget(config.clientMisses.perMinute, clock);
+  const budget = new ClientMissBudget(config.clientMisses.perMinute, clock, siblings && ((key) => siblings.publish({ kind: 'miss', key })));
   const peers = config.cluster ? new Peers(config.cluster, config.timeouts, logger, clock) : undefined;
   blobs = new BlobService({
     offline: config.offline, storagePath: config.storage.path, store, space: new DiskSpace(scratch.dir, config.storage.minFree), downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
@@ -298,8 +310,17 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   // Not for the one-shot commands: prewarm and export fetch every blob they want themselves.
   const prefetcher = options.oneShot ? undefined : new Prefetcher({ blobs, limiter, metrics, logger, maxBlobSize: config.downloads.maxBlobSize });
   const manifests = new ManifestService({
-    config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, budget, recordAccess,
+    config, manifests: manifestCache, index, tags, access, upstreams, metrics, logger, clock, budget, recordAccess, siblings,
     fetchedFromUpstream: prefetcher && ((route, manifest) => prefetcher.manifestFetched(route, manifest)),
+  });
+  siblings?.subscribe((event) => {
+    if (event.kind === 'tag') tags.forgetKey(event.key);
+    else if (event.kind === 'added') evictor.added(event.bytes);
+    else if (event.kind === 'miss') budget.spentElsewhere(event.key);
+    else if (event.kind === 'evicted') {
+      manifestCache?.forget(event.digest);
+      tags.forgetDigest(event.digest);
+    } else manifests.hearSibling(event);
   });
   const tagLists = new TagListService(index, upstreams, config.offline, budget);
   const catalog = new CatalogService(index, registries.map((r) => r.name), fallback.name);
@@ -316,6 +337,6 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   });
   shared?.start(() => evictor.check());
   return new Mirror({
-    config, logger, clock, metrics, selector, upstreams, store, scratch, index, journal, rebuild, downloads, evictor, manifests, blobs, tagLists, catalog, referrers, peers, shared, prefetcher,
+    config, logger, clock, metrics, selector, upstreams, store, scratch, index, journal, rebuild, downloads, evictor, manifests, blobs, tagLists, catalog, referrers, peers, shared, siblings, prefetcher,
   });
 }

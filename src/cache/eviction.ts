@@ -91,6 +91,8 @@ export class Evictor {
     private readonly onEvicted: (digest: string, size: number) => void = () => undefined,
     /** Default: this replica's own index. */
     scope?: EvictionScope,
+    /** Several processes on one index (workers): run only when no other is evicting (undefined: skipped). */
+    private readonly exclusive: (work: () => Promise<EvictionResult>) => Promise<EvictionResult | undefined> = (work) => work(),
   ) {
     this.usage = index.usage().bytes;
     this.scope = scope ?? new IndexScope(index, now, isBusy);
@@ -123,7 +125,8 @@ export class Evictor {
 
   private start(targetBytes: number | undefined, aboveBytes: number | undefined): Promise<EvictionResult> {
     if (!this.running) {
-      this.running = this.run(targetBytes, aboveBytes).finally(() => {
+      const skipped = (): EvictionResult => ({ evicted: 0, freedBytes: 0, usageBefore: this.usage, usageAfter: this.usage, skipped: 'another worker is evicting' });
+      this.running = this.exclusive(() => this.run(targetBytes, aboveBytes)).then((r) => r ?? skipped()).finally(() => {
         this.running = undefined;
       });
     }

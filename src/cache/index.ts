@@ -264,10 +264,13 @@ export class CacheIndex {
       throw new Error(`index schema version ${current} is newer than this mirror understands (${MIGRATIONS.length})`);
     }
     for (let v = current; v < MIGRATIONS.length; v++) {
+      // IMMEDIATE, and the version read again inside: another process (a worker starting
+      // beside this one) may have run this migration while this one waited for the lock.
       this.db.transaction(() => {
+        if ((this.db.pragma('user_version', { simple: true }) as number) !== v) return;
         this.db.exec(MIGRATIONS[v]!);
         this.db.pragma(`user_version = ${v + 1}`);
-      })();
+      }).immediate();
     }
   }
 
@@ -428,7 +431,9 @@ export class CacheIndex {
       for (const [name, value] of this.pendingCounters) this.s.addCounter.run(name, value);
       for (const r of this.pendingRepos.values()) this.s.addRepoStats.run(r.upstream, r.repo, r.pulls, r.bytes, r.lastPull);
       for (const v of this.pendingSavings.values()) this.s.addSaving.run(v.day, v.upstream, v.reason, v.bytes, v.pulls);
-    })();
+      // IMMEDIATE: the write lock is taken (waiting out busy_timeout) before anything is read,
+      // so workers and CLI commands writing the same index wait for each other, never fail at once.
+    }).immediate();
     const written = this.pendingAccess.size;
     this.pendingAccess.clear();
     this.pendingCounters.clear();

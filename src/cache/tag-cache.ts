@@ -19,6 +19,8 @@ export class TagCache {
   constructor(
     private readonly index: CacheIndex,
     private readonly logger: Logger,
+    /** Told the key of each row this process changed (other workers drop their copies). */
+    private readonly changed: (key: string) => void = () => undefined,
   ) {}
 
   /** An index write that fails (disk full, busy) is logged; the in-memory row still serves. */
@@ -46,21 +48,32 @@ export class TagCache {
   /** Record a tag's (new) manifest. */
   put(row: TagRow): void {
     this.index.putTag(row);
-    this.hot.set(TagCache.keyOf(row), row);
+    const key = TagCache.keyOf(row);
+    this.hot.set(key, row);
+    this.changed(key);
   }
 
   /** The tag still points where it did: trust it until `expiresAt`. */
   touch(row: TagRow, checkedAt: number, expiresAt: number): TagRow {
     const updated: TagRow = { ...row, checkedAt, expiresAt };
     this.write('extend a tag', row, () => this.index.touchTag(row.upstream, row.repo, row.tag, row.accept, checkedAt, expiresAt));
-    this.hot.set(TagCache.keyOf(row), updated);
+    const key = TagCache.keyOf(row);
+    this.hot.set(key, updated);
+    this.changed(key);
     return updated;
   }
 
   /** The upstream says the tag is gone (under every Accept). */
   delete(row: TagRow): void {
-    this.hot.delete(TagCache.keyOf(row));
+    const key = TagCache.keyOf(row);
+    this.hot.delete(key);
     this.write('delete a tag', row, () => this.index.deleteTag(row.upstream, row.repo, row.tag));
+    this.changed(key);
+  }
+
+  /** Another worker changed this row: the next read comes from the index. */
+  forgetKey(key: string): void {
+    this.hot.delete(key);
   }
 
   /** Drop in-memory rows that point at content that left the store. */

@@ -20,18 +20,32 @@ export class ClientMissBudget {
   constructor(
     private readonly perMinute: number,
     private readonly clock: Clock,
+    /** Told each miss spent here (the other workers count it too: one budget per client, not per worker). */
+    private readonly spent: (key: string) => void = () => undefined,
   ) {}
 
-  /** Spend one miss of `client`'s budget, or throw 429 TOOMANYREQUESTS when it is spent. */
-  charge(client: string | undefined): void {
-    if (this.perMinute <= 0 || client === undefined) return;
-    const key = clientKey(client);
+  /** A miss `key` spent at another worker: counted here too, never refused (it was answered there). */
+  spentElsewhere(key: string): void {
+    if (this.perMinute > 0) this.bucketOf(key).tryTake();
+  }
+
+  private bucketOf(key: string): TokenBucket {
     let bucket = this.buckets.get(key);
     if (!bucket) {
       bucket = new TokenBucket(this.perMinute / 60, this.perMinute, this.clock);
       this.buckets.set(key, bucket);
     }
-    if (bucket.tryTake()) return;
+    return bucket;
+  }
+
+  /** Spend one miss of `client`'s budget, or throw 429 TOOMANYREQUESTS when it is spent. */
+  charge(client: string | undefined): void {
+    if (this.perMinute <= 0 || client === undefined) return;
+    const key = clientKey(client);
+    if (this.bucketOf(key).tryTake()) {
+      this.spent(key);
+      return;
+    }
     throw new RegistryError('TOOMANYREQUESTS', `too many uncached requests from ${client} (at most ${this.perMinute} a minute); cached content is still served`, {
       headers: { 'retry-after': String(Math.max(1, Math.ceil(60 / this.perMinute))) },
       detail: { client, missesPerMinute: this.perMinute },

@@ -15,7 +15,7 @@ import { readLimited } from '../http/body.js';
 import { headerValue } from '../http/headers.js';
 import type { MirrorMetrics } from '../metrics.js';
 import { digestOf } from '../oci/digest.js';
-import { RegistryError } from '../oci/errors.js';
+import { RegistryError, type ErrorCode } from '../oci/errors.js';
 import { MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from '../oci/manifest.js';
 import { negotiateAccept } from '../oci/media-types.js';
 import { parseDigest, type Digest, type ManifestReference } from '../oci/reference.js';
@@ -29,6 +29,7 @@ import { NegativeCache } from './negative-cache.js';
 import { offlineMiss } from './offline.js';
 import type { RepositoryAccess } from './repository-access.js';
 import { staleWarning, type ManifestResult } from './results.js';
+import type { SiblingEvent, SiblingWorkers } from './sibling-workers.js';
 import { SingleFlight } from './single-flight.js';
 
 /** Why a stale tag was served (a metric label: a few fixed values). */
@@ -57,6 +58,8 @@ export interface ManifestServiceDeps {
    * prefetch (prefetch.ts). Never called for a hit or a revalidation that kept the digest.
    */
   fetchedFromUpstream?(route: Route, manifest: ParsedManifest): void;
+  /** The other workers (`workers: N`): flights, 404s and the revalidation budget hold across them. */
+  siblings?: SiblingWorkers;
 }
 
 export class ManifestService {
@@ -94,7 +97,21 @@ export class ManifestService {
     // Joining a fetch that is already running costs the upstream nothing.
     if (!this.flights.has(flight)) this.deps.budget.charge(client);
     return this.flights.run(flight, () =>
-      this.fetch(route, digest.value, undefined, { key: 'all', types: negotiateAccept(undefined, route.upstream.allowSchema1).types }),
+      this.acrossWorkers(
+        flight,
+        () => this.fetch(route, digest.value, undefined, { key: 'all', types: negotiateAccept(undefined, route.upstream.allowSchema1).types }),
+        async () => {
+          const fetched = await manifests.get(digest);
+          if (fetched) {
+            await access.ensureLinked(route, digest, 'manifest');
+            this.deps.recordAccess(digest.value);
+            return { ...fetched, outcome: 'coalesced' };
+          }
+          const answer = this.negatives.answer(negativeKey(route, digest.value, undefined));
+          if (answer) throw answer;
+          return undefined;
+        },
+      ),
     );
   }
 
@@ -124,10 +141,66 @@ export class ManifestService {
     const flight = `t\u0000${key}`;
     // A miss spends the client's budget; a stale tag's revalidation is bounded per upstream instead.
     if (!current && !this.flights.has(flight)) this.deps.budget.charge(client);
-    return this.flights.run(flight, async () => {
-      if (current) return this.revalidate(route, current, negotiated.types);
-      return this.fetch(route, tag, negotiated.key, negotiated);
-    });
+    return this.flights.run(flight, () =>
+      this.acrossWorkers(
+        flight,
+        async () => {
+          if (current) return this.revalidate(route, current, negotiated.types);
+          return this.fetch(route, tag, negotiated.key, negotiated);
+        },
+        async () => {
+          // The worker that led wrote the index (the truth): read it, not this worker's copy.
+          tags.forgetKey(key);
+          const after = tags.get(tagKey, key);
+          if (after && tagFreshness(after, clock.now(), false) === 'fresh') {
+            const stored = await manifests.get(parseDigest(after.digest));
+            if (stored) {
+              this.deps.recordAccess(after.digest);
+              return { ...stored, outcome: 'coalesced' };
+            }
+          }
+          const answer = this.negatives.answer(negativeKey(route, tag, negotiated.key));
+          if (answer) throw answer;
+          return undefined;
+        },
+      ),
+    );
+  }
+
+  /**
+   * One worker at a time asks the upstream for `flight`: the first to ask leads and does
+   * `work`; the others wait for its release and take what it left in the index (`settled`),
+   * or its remembered 404. When it left nothing (the upstream failed, it died) they try again.
+   */
+  private async acrossWorkers(flight: string, work: () => Promise<ManifestResult>, settled: () => Promise<ManifestResult | undefined>): Promise<ManifestResult> {
+    const { siblings } = this.deps;
+    if (!siblings) return work();
+    for (let attempt = 0; attempt < 2; attempt++) {
+      if ((await siblings.lead(flight)) === 'lead') {
+        try {
+          return await work();
+        } finally {
+          siblings.release(flight);
+        }
+      }
+      const done = await settled();
+      if (done) return done;
+    }
+    return work();
+  }
+
+  /** What another worker learned about upstream 404s. */
+  hearSibling(event: SiblingEvent): void {
+    if (event.kind === 'negative') {
+      const { code, message, status, detail } = event.error;
+      this.negatives.remember(event.key, new RegistryError(code as ErrorCode, message, { status, detail }), event.ttlMs);
+    } else if (event.kind === 'negative-forget') this.negatives.forget(event.key);
+  }
+
+  /** Remember an upstream 404 here and in every other worker. */
+  private rememberNegative(key: string, error: RegistryError, ttlMs: number): void {
+    this.negatives.remember(key, error, ttlMs);
+    if (ttlMs > 0) this.deps.siblings?.publish({ kind: 'negative', key, error: { code: error.code, message: error.message, status: error.status, detail: error.detail }, ttlMs });
   }
 
   /** A stale tag: ask the upstream with a HEAD (free on Docker Hub's pull limit). */
@@ -144,7 +217,10 @@ export class ManifestService {
         tags.touch(row, row.checkedAt, expiryFrom(now, route.upstream.ttlFor(route.repository, row.tag)));
         return this.serveStale(route, row, stale, `rate limit nearly spent (${rateLimit.remaining} left)`, 'rate-limit-reserve');
       }
-      if (!this.revalidationBudget.get(route.upstream.name)!.tryTake()) {
+      // Across workers the budget is one bucket, kept by the primary.
+      const siblings = this.deps.siblings;
+      const allowed = siblings ? await siblings.takeToken(`revalidation\u0000${route.upstream.name}`) : this.revalidationBudget.get(route.upstream.name)!.tryTake();
+      if (!allowed) {
         return this.serveStale(route, row, stale, 'revalidation rate limit reached', 'revalidation-budget');
       }
     }
@@ -182,7 +258,7 @@ export class ManifestService {
       const gone = new RegistryError('MANIFEST_UNKNOWN', `${route.repository}:${row.tag} no longer exists upstream`, {
         detail: { upstream: route.upstream.name, repository: route.repository, tag: row.tag },
       });
-      this.negatives.remember(negativeKey(route, row.tag, row.accept), gone, route.upstream.negativeTtlMs);
+      this.rememberNegative(negativeKey(route, row.tag, row.accept), gone, route.upstream.negativeTtlMs);
       throw gone;
     }
     const error = await upstreamError(route, response, 'manifest');
@@ -209,7 +285,7 @@ export class ManifestService {
     });
     if (response.status !== 200) {
       const error = await upstreamError(route, response, 'manifest', reference);
-      if (response.status === 404) this.negatives.remember(negativeKey(route, reference, tagAccept), error, route.upstream.negativeTtlMs);
+      if (response.status === 404) this.rememberNegative(negativeKey(route, reference, tagAccept), error, route.upstream.negativeTtlMs);
       // distribution answers 500 to a layer's digest asked as a manifest; when we hold that
       // digest as a blob (and not as a manifest) it is no manifest: say so, and clients
       // (containerd) try /blobs/ next.
@@ -242,7 +318,8 @@ export class ManifestService {
     const now = clock.now();
     if (!(await manifests.put(manifest, parsed, { upstream: route.upstream.name, repo: route.repository }))) return { ...manifest, outcome: 'miss' };
     access.remember(route, computed);
-    this.negatives.forget(negativeKey(route, reference, tagAccept));
+    const known = negativeKey(route, reference, tagAccept);
+    if (this.negatives.forget(known)) this.deps.siblings?.publish({ kind: 'negative-forget', key: known });
     this.deps.fetchedFromUpstream?.(route, parsed);
     if (tagAccept !== undefined) {
       try {

@@ -58,8 +58,8 @@ export class NegativeCache {
     this.entries.set(key, { answer: new NegativeAnswer(error), expiresAt: this.clock.now() + ttlMs });
   }
 
-  /** The mirror learned that `key` exists. */
-  forget(key: string): void {
-    this.entries.delete(key);
+  /** The mirror learned that `key` exists; true when a 404 was remembered for it. */
+  forget(key: string): boolean {
+    return this.entries.delete(key);
   }
 }

@@ -26,6 +26,8 @@ import { recordSaving } from './savings.js';
 
 const API_VERSION_HEADER = 'Docker-Distribution-API-Version';
 const READ_METHODS = new Set(['GET', 'HEAD']);
+/** Which worker process answered (`workers: N`). */
+const WORKER_HEADER = 'X-Mirror-Worker';
 
 export interface MirrorServer {
   server: http.Server;
@@ -58,7 +60,13 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
     pulls: new PullTracker(mirror.clock),
     events: openEventSinks(mirror.config.events, { metrics: mirror.metrics, logger: mirror.logger }),
   };
-  const handler = (req: IncomingMessage, res: ServerResponse) => void handleRequest(mirror, req, res, state);
+  // A worker of several (`workers: N`): its id on every response, its readiness for the primary's /readyz.
+  const workerId = mirror.siblings?.id.toString();
+  mirror.siblings?.answerReadiness(async () => (state.shuttingDown ? 'shutting down' : mirror.readiness()));
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
+    if (workerId) res.setHeader(WORKER_HEADER, workerId);
+    void handleRequest(mirror, req, res, state);
+  };
   const server = tls
     ? https.createServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, handler)
     : http.createServer(handler);
@@ -153,12 +161,17 @@ async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState)
   checkFraming(req, res);
   if (ctx.path === '/healthz') return sendText(res, 200, 'ok\n');
   if (ctx.path === '/readyz') {
-    const problem = state.shuttingDown ? 'shutting down' : await mirror.readiness();
+    // With workers, ready only when every worker is (the primary asks them all).
+    const problem = state.shuttingDown ? 'shutting down' : mirror.siblings ? await mirror.siblings.clusterReadiness() : await mirror.readiness();
     return sendText(res, problem ? 503 : 200, `${problem ?? 'ready'}\n`);
   }
   if (ctx.path === '/metrics') {
-    res.writeHead(200, { 'Content-Type': mirror.metrics.registry.contentType });
-    res.end(await mirror.metrics.registry.metrics());
+    // With workers, the whole mirror's: every worker's registry aggregated by the primary.
+    const scrape = mirror.siblings
+      ? await mirror.siblings.clusterMetrics()
+      : { contentType: mirror.metrics.registry.contentType, text: await mirror.metrics.registry.metrics() };
+    res.writeHead(200, { 'Content-Type': scrape.contentType });
+    res.end(scrape.text);
     return;
   }
   if (state.auth && !ctx.fromPeer && (ctx.path.startsWith('/v2') || ctx.path === '/' || ctx.path === '/status.json')) {
