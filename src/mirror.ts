@@ -289,7 +289,7 @@ export async function createMirror(options: MirrorOptions): Promise<Mirror> {
   const budget = new ClientMissBudget(config.clientMisses.perMinute, clock, siblings && ((key) => siblings.publish({ kind: 'miss', key })));
   const peers = config.cluster ? new Peers(config.cluster, config.timeouts, logger, clock) : undefined;
   blobs = new BlobService({
-    offline: config.offline, storagePath: config.storage.path, store, space: new DiskSpace(scratch.dir, config.storage.minFree), downloads, access, upstreams, peers, metrics, logger, budget, recordAccess,
+    offline: config.offline, storagePath: config.storage.path, store, space: new DiskSpace(scratch.dir, config.storage.minFree), downloads, access, upstreams, peers, metrics, logger, budget, recordAccess, siblings,
     // A row whose file vanished (deleted behind the mirror's back) is dropped by the next settle, unless refetched first.
     noteMissing: (digest) => {
       try {

@@ -106,6 +106,10 @@ export class BlobDownload extends EventEmitter {
   /** Resolves when the blob is verified and in the store. */
   readonly finished: Promise<void>;
   private readers = 0;
+  /** Other workers following this download (workers: N): their clients read it too. */
+  private remoteReaders = 0;
+  /** The upstream answered: the abandonment rule applies from now on. */
+  private opened = false;
   /** A client has read this download at some point (a background one: the abandonment rule applies from then on). */
   private everRead = false;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -189,8 +193,9 @@ export class BlobDownload extends EventEmitter {
             throw new RegistryError('BLOB_UNKNOWN', 'upstream changed the blob size while resuming', { status: 502, detail: { digest: this.digest.value } });
           }
           this.resolveReady();
+          this.opened = true;
           // Clients read it from now on; none might (they all left while it was opening).
-          if (this.readers === 0 && !this.idleTimer) this.startIdleTimer();
+          if (this.readers === 0 && this.remoteReaders === 0 && !this.idleTimer) this.startIdleTimer();
           const plan = segmentsTried || this.written > 0 || acceptsRanges === false || !this.source.openRange ? undefined : this.segmentPlan(totalSize);
           if (plan !== undefined && totalSize !== undefined) {
             segmentsTried = true;
@@ -631,8 +636,17 @@ export class BlobDownload extends EventEmitter {
     this.clearIdleTimer();
     return new GrowingFileReader(this, fd, start, end, () => {
       this.readers--;
-      if (this.readers === 0 && this.state === 'running') this.startIdleTimer();
+      if (this.readers === 0 && this.remoteReaders === 0 && this.state === 'running') this.startIdleTimer();
     });
+  }
+
+  /** How many other workers follow this download (their clients count as readers). */
+  setRemoteReaders(count: number): void {
+    this.remoteReaders = count;
+    if (count > 0) {
+      this.everRead = true;
+      this.clearIdleTimer();
+    } else if (this.readers === 0 && this.opened && this.state === 'running') this.startIdleTimer();
   }
 
   /**
@@ -753,8 +767,8 @@ export class Downloads {
     private readonly options: DownloadOptions,
   ) {}
 
-  get(digest: Digest): BlobDownload | undefined {
-    return this.inFlight.get(digest.value);
+  get(digest: Digest | string): BlobDownload | undefined {
+    return this.inFlight.get(typeof digest === 'string' ? digest : digest.value);
   }
 
   get size(): number {

@@ -1,7 +1,7 @@
 // A reader of a download's temp file while it is still being written: each client that
 // joins a download gets one, with its own fd and position, and reads at its own pace.
 
-import { close, read } from 'node:fs';
+import { close, openSync, read } from 'node:fs';
 import { Readable } from 'node:stream';
 import { READ_CHUNK_BYTES } from './blob-store.js';
 
@@ -14,6 +14,12 @@ export interface GrowingFile {
   readonly verified: boolean;
   /** Contiguous bytes written (and hashed) so far. */
   readonly written: number;
+  /**
+   * Set where the bytes can move to another temp file (a download another worker took over):
+   * a reader whose generation is behind reopens `path` and reads on from its position there.
+   */
+  readonly generation?: number;
+  readonly path?: string;
   /** 'progress' is emitted whenever any of the above changes. */
   once(event: 'progress', listener: () => void): unknown;
   off(event: 'progress', listener: () => void): unknown;
@@ -25,16 +31,18 @@ export class GrowingFileReader extends Readable {
   private reading = false;
   private waiting = false;
   private released = false;
+  private generation: number | undefined;
 
   constructor(
     private readonly download: GrowingFile,
-    private readonly fd: number,
+    private fd: number,
     start: number,
     private readonly end: number | undefined,
     private readonly onClose: () => void,
   ) {
     super({ highWaterMark: READ_CHUNK_BYTES });
     this.position = start;
+    this.generation = download.generation;
   }
 
   private readonly onProgress = (): void => {
@@ -52,6 +60,28 @@ export class GrowingFileReader extends Readable {
     if (d.state === 'failed') {
       this.destroy(d.error ?? new Error('download failed'));
       return;
+    }
+    if (d.generation !== this.generation) {
+      // Taken over: the same bytes are being written again into another file.
+      let fd: number | undefined;
+      try {
+        if (d.path !== undefined) fd = openSync(d.path, 'r');
+      } catch {
+        // not created yet, or already renamed into the store: the next progress says
+      }
+      if (fd === undefined && d.state === 'done') {
+        // The new download finished and left its temp file before this (slow) reader came back to it.
+        this.destroy(new Error('the blob moved into the store while this reader was paused; ask again'));
+        return;
+      }
+      if (fd === undefined) {
+        this.waiting = true;
+        d.once('progress', this.onProgress);
+        return;
+      }
+      close(this.fd, () => undefined);
+      this.fd = fd;
+      this.generation = d.generation;
     }
     const total = d.totalSize;
     const limit = this.end !== undefined ? this.end + 1 : total;

@@ -3,13 +3,16 @@
 // it as it grows, ranges as soon as their bytes are there. The download's bytes come from
 // the upstream, or from the replica that owns the digest. A disk without room for the blob
 // passes it through, verified and uncached. A prefetch (core/prefetch.ts) starts the same
-// download before any client asks, for clients to join.
+// download before any client asks, for clients to join. With `workers: N` the one download
+// is one across workers: the first worker to claim a digest downloads it and reports its
+// progress; the others' clients read its temp file as it grows (core/remote-download.ts).
 
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { READ_CHUNK_BYTES, type BlobStore } from '../cache/blob-store.js';
 import type { BlobDownload, Downloads, DownloadStart } from '../cache/downloads.js';
+import { OwnerHadNoRoom, RemoteDownload, toShared } from './remote-download.js';
 import type { DiskSpace, Reservation } from '../cache/space-reservation.js';
 import type { Peers } from '../cluster/peer-source.js';
 import type { MirrorMetrics } from '../metrics.js';
@@ -23,6 +26,7 @@ import { offlineMiss } from './offline.js';
 import { NoRoomForBlob, passThrough } from './pass-through.js';
 import type { RepositoryAccess } from './repository-access.js';
 import type { BlobResult, CacheOutcome } from './results.js';
+import type { DownloadNews, SiblingWorkers } from './sibling-workers.js';
 
 export interface BlobServiceDeps {
   offline: boolean;
@@ -46,7 +50,17 @@ export interface BlobServiceDeps {
   maxBlobSize: number;
   /** The store has no file for `digest`: a row the index may still hold for it is checked soon. */
   noteMissing(digest: string): void;
+  /** The other workers of this mirror (workers: N): one download per digest across them. */
+  siblings?: SiblingWorkers;
 }
+
+/** A download this worker's clients read: its own, or another worker's. */
+type Joinable = BlobDownload | RemoteDownload;
+
+/** How often an owner reports a download's progress to its followers at most (state changes go at once). */
+const NEWS_INTERVAL_MS = 10;
+/** A follower whose owner had no room claims anew at most this often before giving up. */
+const MAX_NO_ROOM_RETRIES = 3;
 
 /** Why a prefetch did not start a download (a metric label). */
 export type PrefetchRefusal = 'cached' | 'downloading' | 'no-room';
@@ -68,21 +82,33 @@ export class BlobService {
    * committed (0 while downloading). Bounded: the oldest are forgotten (and stay unclaimed).
    */
   private readonly prefetched = new Map<string, { upstream: string; committedBytes: number }>();
+  /** Other workers' downloads this worker's clients read (workers: N). */
+  private readonly following = new Map<string, RemoteDownload>();
+  /** Claims under way, so that concurrent misses in this worker claim a digest once. */
+  private readonly claiming = new Map<string, Promise<Joinable | 'stored'>>();
 
-  constructor(private readonly deps: BlobServiceDeps) {}
+  constructor(private readonly deps: BlobServiceDeps) {
+    deps.siblings?.onDownloadNews((digest, news) => this.following.get(digest)?.apply(news));
+    deps.siblings?.onFollowers((digest, followers) => deps.downloads.get(digest)?.setRemoteReaders(followers));
+  }
 
   /** Is `digest` being read from the store or downloaded right now? */
   isBusy(digest: Digest): boolean {
-    return (this.serving.get(digest.value) ?? 0) > 0 || this.deps.downloads.get(digest) !== undefined;
+    return (this.serving.get(digest.value) ?? 0) > 0 || this.deps.downloads.get(digest) !== undefined || this.following.has(digest.value);
   }
 
   /** Every digest being read from the store or downloaded right now. */
   inUse(): string[] {
-    return [...this.serving.keys(), ...this.deps.downloads.digests()];
+    return [...this.serving.keys(), ...this.deps.downloads.digests(), ...this.following.keys()];
+  }
+
+  /** The download of `digest` this worker's clients can join: its own, or one it follows. */
+  private joinable(digest: Digest): Joinable | undefined {
+    return this.deps.downloads.get(digest) ?? this.following.get(digest.value);
   }
 
   /** `client`: the address whose budget of upstream misses a miss spends (none: not counted). */
-  async get(route: Route, digest: Digest, options: { fromPeer?: boolean; client?: string } = {}): Promise<BlobResult> {
+  async get(route: Route, digest: Digest, options: { fromPeer?: boolean; client?: string; retries?: number } = {}): Promise<BlobResult> {
     const { store, access, downloads, offline, budget } = this.deps;
     const stat = await store.stat(digest);
     if (stat) {
@@ -100,7 +126,7 @@ export class BlobService {
     }
     this.deps.noteMissing(digest.value);
     if (offline) throw offlineMiss('BLOB_UNKNOWN', route, digest.value);
-    let download = downloads.get(digest);
+    let download = this.joinable(digest);
     let outcome: CacheOutcome = 'coalesced';
     if (download) {
       // Joining another repository's download: this repository must contain the blob too.
@@ -109,14 +135,24 @@ export class BlobService {
         await access.confirmUpstreamHas(route, digest, 'blob');
       }
     } else {
-      budget.charge(options.client);
-      download = this.startDownload(route, digest, options.fromPeer === true);
-      outcome = 'miss';
+      // Another request of this worker is claiming it already: this one joins whatever it gets.
+      const joining = this.claiming.has(digest.value);
+      if (!joining) budget.charge(options.client);
+      const started = await this.startOrFollow(route, digest, options.fromPeer === true);
+      // Another worker committed it between our look at the store and the claim.
+      if (started === 'stored') return this.get(route, digest, options);
+      if (started instanceof RemoteDownload || joining) {
+        const repository = started instanceof RemoteDownload ? started.repository : this.startedFor.get(digest.value);
+        if (repository !== repositoryKey(route) && !access.isLinked(route, digest.value)) await access.confirmUpstreamHas(route, digest, 'blob');
+      } else outcome = 'miss';
+      download = started;
     }
     try {
       await download.ready;
     } catch (err) {
       if (err instanceof NoRoomForBlob) return passThrough(this.deps.upstreams, route, digest, err, this.deps.logger, this.deps.storagePath);
+      // The owner had no room: claim it anew (this worker may own it then, and pass it through).
+      if (err instanceof OwnerHadNoRoom && (options.retries ?? 0) < MAX_NO_ROOM_RETRIES) return this.get(route, digest, { ...options, retries: (options.retries ?? 0) + 1 });
       throw err;
     }
     if (this.prefetched.size > 0) this.claim(digest.value);
@@ -138,7 +174,7 @@ export class BlobService {
       return { digest: digest.value, size: stat.size, outcome: 'hit' };
     }
     if (offline) throw offlineMiss('BLOB_UNKNOWN', route, digest.value);
-    const download = downloads.get(digest);
+    const download = this.joinable(digest);
     if (download && (this.joinsOwnRepository(route, digest) || access.isLinked(route, digest.value))) {
       await download.ready;
       return { digest: digest.value, size: download.totalSize, outcome: 'coalesced' };
@@ -157,19 +193,44 @@ export class BlobService {
    * through: no room, no prefetch.
    */
   async prefetch(route: Route, digest: Digest, size: number, slot: () => void): Promise<BlobDownload | PrefetchRefusal> {
-    const { store, downloads, space } = this.deps;
-    if (downloads.get(digest)) return 'downloading';
+    const { store, space, siblings } = this.deps;
+    if (this.joinable(digest)) return 'downloading';
     if (await store.stat(digest)) return 'cached';
     let download: BlobDownload | undefined;
     // Reserved up front (the size is known): a disk without room is a skip, not a pass-through.
     const reservation = await space.tryReserve(size, () => download?.written ?? 0);
     if (!reservation) return 'no-room';
     // A client may have started it while the store and the disk were asked.
-    if (downloads.get(digest)) {
+    if (this.joinable(digest) || this.claiming.has(digest.value)) {
       reservation.release();
       return 'downloading';
     }
-    download = this.startDownload(route, digest, false, { slot, background: true, reservation });
+    if (siblings) {
+      // Claimed like a client's miss (a client of this worker asking meanwhile waits for the claim).
+      let settle!: (joined: Joinable) => void;
+      let refuse!: (err: Error) => void;
+      const claimed = new Promise<Joinable>((resolve, reject) => ((settle = resolve), (refuse = reject)));
+      claimed.catch(() => undefined);
+      this.claiming.set(digest.value, claimed);
+      try {
+        const claim = await siblings.claimDownload(digest.value, repositoryKey(route));
+        if (claim.role === 'follow') {
+          // Another worker downloads it already: this worker's clients will follow it.
+          const remote = this.follow(route, digest, claim.repository);
+          if (claim.news) remote.apply(claim.news);
+          settle(remote);
+          reservation.release();
+          return 'downloading';
+        }
+        download = this.startDownload(route, digest, false, { slot, background: true, reservation });
+        settle(download);
+      } catch (err) {
+        refuse(err instanceof Error ? err : new Error(String(err)));
+        throw err;
+      } finally {
+        this.claiming.delete(digest.value);
+      }
+    } else download = this.startDownload(route, digest, false, { slot, background: true, reservation });
     const upstream = route.upstream.name;
     this.prefetched.delete(digest.value);
     this.prefetched.set(digest.value, { upstream, committedBytes: 0 });
@@ -233,6 +294,7 @@ export class BlobService {
     // A peer's request is not limited again: the replica that forwarded it holds a slot for it
     // (and two replicas waiting on each other's slots could otherwise stall until the queue times out).
     download = downloads.start(digest, { ...source, maxSize }, background ? { slot: background.slot, background: true } : { limited: !fromPeer });
+    if (this.deps.siblings) this.report(download);
     metrics.downloadsInFlight.inc();
     this.startedFor.set(digest.value, repositoryKey(route));
     void download.finished
@@ -249,7 +311,112 @@ export class BlobService {
     return download;
   }
 
+  /**
+   * A miss: start the download, or (workers: N) claim it first and follow the worker that
+   * owns it. 'stored': another worker committed it meanwhile (read the store).
+   */
+  private startOrFollow(route: Route, digest: Digest, fromPeer: boolean): Promise<Joinable | 'stored'> {
+    const { siblings } = this.deps;
+    if (!siblings) return Promise.resolve(this.startDownload(route, digest, fromPeer));
+    const pending = this.claiming.get(digest.value);
+    if (pending) return pending;
+    const claimed = (async (): Promise<Joinable | 'stored'> => {
+      const claim = await siblings.claimDownload(digest.value, repositoryKey(route));
+      this.deps.logger.debug({ digest: digest.value, role: claim.role, owner: claim.role === 'follow' ? claim.owner : undefined, news: claim.role === 'follow' ? claim.news : undefined }, 'blob download claimed');
+      if (claim.role === 'own') {
+        if (await this.deps.store.stat(digest)) {
+          siblings.reportDownload(digest.value, { state: 'done', written: 0, verified: true });
+          return 'stored';
+        }
+        return this.startDownload(route, digest, fromPeer);
+      }
+      const remote = this.follow(route, digest, claim.repository);
+      if (claim.news) remote.apply(claim.news);
+      return remote;
+    })();
+    this.claiming.set(digest.value, claimed);
+    void claimed.finally(() => this.claiming.delete(digest.value)).catch(() => undefined);
+    return claimed;
+  }
+
+  /** Follow another worker's download of `digest`; a takeover starts this worker's own. */
+  private follow(route: Route, digest: Digest, repository: string): RemoteDownload {
+    const siblings = this.deps.siblings!;
+    const forget = (remote: RemoteDownload) => {
+      if (this.following.get(digest.value) !== remote) return;
+      this.following.delete(digest.value);
+      siblings.unfollowDownload(digest.value);
+    };
+    const remote = new RemoteDownload(digest, repository, {
+      idle: forget,
+      orphaned: (remote) => {
+        this.deps.logger.warn({ digest: digest.value }, 'the worker downloading this blob died; claiming the download anew');
+        void siblings.claimDownload(digest.value, repositoryKey(route)).then(
+          async (claim) => {
+            if (claim.role === 'follow') {
+              remote.repository = claim.repository;
+              if (claim.news) remote.apply(claim.news);
+              return;
+            }
+            if (await this.deps.store.stat(digest)) {
+              siblings.reportDownload(digest.value, { state: 'done', written: 0, verified: true });
+              remote.apply({ state: 'done', written: remote.totalSize ?? 0, verified: true });
+              return;
+            }
+            // Taken over: this worker downloads it, for its own clients and the others'.
+            this.following.delete(digest.value);
+            remote.mirror(this.deps.downloads.get(digest) ?? this.startDownload(route, digest, false));
+          },
+          (err: unknown) => remote.fail(err instanceof Error ? err : new Error(String(err))),
+        );
+      },
+    });
+    this.following.set(digest.value, remote);
+    void remote.finished.then(
+      () => forget(remote),
+      () => forget(remote),
+    );
+    return remote;
+  }
+
+  /** The owner's side: its download's progress to the workers following it, at most every NEWS_INTERVAL_MS. */
+  private report(download: BlobDownload): void {
+    const siblings = this.deps.siblings!;
+    const digest = download.digest.value;
+    let sent: DownloadNews | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const snapshot = (): DownloadNews => ({
+      state: download.state,
+      path: download.tempPath,
+      totalSize: download.totalSize,
+      written: download.written,
+      verified: download.verified,
+      error: download.state === 'failed' ? toShared(download.error, download.error instanceof NoRoomForBlob) : undefined,
+    });
+    const send = () => {
+      if (timer) clearTimeout(timer);
+      timer = undefined;
+      if (sent?.state === 'done' || sent?.state === 'failed') return;
+      sent = snapshot();
+      siblings.reportDownload(digest, sent);
+    };
+    const onProgress = () => {
+      const now = snapshot();
+      const changed = !sent || now.state !== sent.state || now.verified !== sent.verified || now.totalSize !== sent.totalSize || now.path !== sent.path;
+      if (changed) send();
+      else if (!timer) {
+        timer = setTimeout(send, NEWS_INTERVAL_MS);
+        timer.unref();
+      }
+    };
+    download.on('progress', onProgress);
+    download.ready.then(onProgress, onProgress);
+    download.finished.then(onProgress, onProgress).finally(() => download.off('progress', onProgress));
+  }
+
   private joinsOwnRepository(route: Route, digest: Digest): boolean {
+    const remote = this.deps.downloads.get(digest) ? undefined : this.following.get(digest.value);
+    if (remote) return remote.repository === repositoryKey(route);
     return this.startedFor.get(digest.value) === repositoryKey(route);
   }
 
@@ -268,7 +435,7 @@ export class BlobService {
    * Follow a running download (its temp file, also while it commits), or the store once it
    * has committed. Every path streams with backpressure: a paused client holds no copy.
    */
-  private readDownload(download: BlobDownload, digest: Digest, start: number, end: number | undefined): Readable {
+  private readDownload(download: Joinable, digest: Digest, start: number, end: number | undefined): Readable {
     if (download.state === 'done') return this.serveFromStore(digest, start, end);
     if (download.state === 'failed') {
       const failed = new Readable({ read() {} });

@@ -19,6 +19,39 @@ export type SiblingEvent =
   /** Content evicted by another worker: drop in-memory copies. */
   | { kind: 'evicted'; digest: string };
 
+/** A failure as it crosses a process boundary (a RegistryError keeps its code and status). */
+export interface SharedError {
+  code?: string;
+  message: string;
+  status?: number;
+  detail?: unknown;
+  headers?: Record<string, string>;
+  /** The owner had no disk room for the blob (it passes it through to its own client). */
+  noRoom?: boolean;
+}
+
+/**
+ * What the worker downloading a blob tells the workers following it: enough for their
+ * clients to read its temp file as it grows (core/remote-download.ts), as its own do.
+ * `orphaned`: the owner died (from the primary); a follower claims the download anew.
+ */
+export interface DownloadNews {
+  state: 'running' | 'committing' | 'done' | 'failed' | 'orphaned';
+  /** The temp file (undefined until the owner created it). */
+  path?: string;
+  totalSize?: number;
+  /** Contiguous bytes written and hashed. */
+  written: number;
+  verified: boolean;
+  error?: SharedError;
+}
+
+/** The answer to a claim of a digest's download: do it, or follow the worker that does. */
+export type DownloadClaim =
+  | { role: 'own' }
+  /** `repository`: the upstream and repository the owner downloads it for (the access check). */
+  | { role: 'follow'; owner: number; repository: string; news: DownloadNews | undefined };
+
 export interface SiblingWorkers {
   /** This worker's id (the `X-Mirror-Worker` header, the `worker` field of log lines). */
   readonly id: number;
@@ -32,6 +65,19 @@ export interface SiblingWorkers {
   takeToken(bucket: string): Promise<boolean>;
   /** Run `work` unless another worker holds `lease` (eviction, one worker at a time); undefined when skipped. */
   exclusive<T>(lease: string, work: () => Promise<T>): Promise<T | undefined>;
+  /**
+   * One upstream download per digest across workers: the first to claim a digest owns its
+   * download until it reports it done or failed (or dies); the others follow its news.
+   */
+  claimDownload(digest: string, repository: string): Promise<DownloadClaim>;
+  /** The owner's news of its download (relayed to its followers; done and failed end the claim). */
+  reportDownload(digest: string, news: DownloadNews): void;
+  /** This worker no longer follows `digest` (none of its clients reads it any more). */
+  unfollowDownload(digest: string): void;
+  /** News of the downloads this worker follows. */
+  onDownloadNews(listener: (digest: string, news: DownloadNews) => void): void;
+  /** How many other workers follow a download this worker owns (they count as its readers). */
+  onFollowers(listener: (digest: string, followers: number) => void): void;
   /** Tell every other worker. */
   publish(event: SiblingEvent): void;
   /** Hear what the other workers publish. */

@@ -5,7 +5,7 @@
 // mirror) and unit-testable without processes.
 
 import type { Clock } from '../clock.js';
-import type { SiblingEvent } from '../core/sibling-workers.js';
+import type { DownloadNews, SiblingEvent } from '../core/sibling-workers.js';
 import { TokenBucket } from '../upstream/rate-limiter.js';
 
 /** Every message of ours carries `mirror` (prom-client's aggregation shares the channel). */
@@ -16,6 +16,9 @@ export type ToPrimary =
   | { mirror: 'lease'; lease: string; req: number }
   | { mirror: 'lease-release'; lease: string }
   | { mirror: 'publish'; event: SiblingEvent }
+  | { mirror: 'dl-claim'; digest: string; repository: string; req: number }
+  | { mirror: 'dl-news'; digest: string; news: DownloadNews }
+  | { mirror: 'dl-unfollow'; digest: string }
   | { mirror: 'metrics'; req: number }
   | { mirror: 'readiness'; req: number }
   | { mirror: 'readiness-answer'; req: number; problem: string | undefined };
@@ -23,6 +26,8 @@ export type ToPrimary =
 export type ToWorker =
   | { mirror: 'reply'; req: number; value: unknown }
   | { mirror: 'event'; event: SiblingEvent }
+  | { mirror: 'dl-news'; digest: string; news: DownloadNews }
+  | { mirror: 'dl-followers'; digest: string; followers: number }
   | { mirror: 'readiness-ask'; req: number }
   | { mirror: 'shutdown' }
   | { mirror: 'reload' };
@@ -36,8 +41,17 @@ interface Flight {
   waiters: { worker: number; req: number }[];
 }
 
+/** A blob download one worker runs for all: its latest news and the workers following it. */
+interface SharedDownload {
+  owner: number;
+  repository: string;
+  news: DownloadNews | undefined;
+  followers: Set<number>;
+}
+
 export class Broker {
   private readonly flights = new Map<string, Flight>();
+  private readonly downloads = new Map<string, SharedDownload>();
   private readonly leases = new Map<string, number>();
   private readonly buckets = new Map<string, TokenBucket>();
 
@@ -84,6 +98,32 @@ export class Broker {
       case 'lease-release':
         if (this.leases.get(message.lease) === worker) this.leases.delete(message.lease);
         return true;
+      case 'dl-claim': {
+        const download = this.downloads.get(message.digest);
+        if (!download || download.owner === worker) {
+          this.downloads.set(message.digest, { owner: worker, repository: message.repository, news: undefined, followers: download?.followers ?? new Set() });
+          this.send(worker, { mirror: 'reply', req: message.req, value: { role: 'own' } });
+          return true;
+        }
+        download.followers.add(worker);
+        this.send(worker, { mirror: 'reply', req: message.req, value: { role: 'follow', owner: download.owner, repository: download.repository, news: download.news } });
+        this.send(download.owner, { mirror: 'dl-followers', digest: message.digest, followers: download.followers.size });
+        return true;
+      }
+      case 'dl-news': {
+        const download = this.downloads.get(message.digest);
+        if (download?.owner !== worker) return true;
+        download.news = message.news;
+        for (const follower of download.followers) this.send(follower, { mirror: 'dl-news', digest: message.digest, news: message.news });
+        // Over: a later claim starts anew (after reading the store, which has it when done).
+        if (message.news.state === 'done' || message.news.state === 'failed') this.downloads.delete(message.digest);
+        return true;
+      }
+      case 'dl-unfollow': {
+        const download = this.downloads.get(message.digest);
+        if (download?.followers.delete(worker)) this.send(download.owner, { mirror: 'dl-followers', digest: message.digest, followers: download.followers.size });
+        return true;
+      }
       case 'publish':
         // Sent in the order received: a leader's tag change reaches a follower before its release.
         for (const other of this.workers()) if (other !== worker) this.send(other, { mirror: 'event', event: message.event });
@@ -100,6 +140,21 @@ export class Broker {
       if (flight.leader === worker) this.finish(key, flight);
     }
     for (const [lease, holder] of this.leases) if (holder === worker) this.leases.delete(lease);
+    for (const [digest, download] of this.downloads) {
+      if (download.owner === worker) {
+        // Its temp file is half-written and nobody writes it any more: a follower takes over.
+        this.downloads.delete(digest);
+        const orphaned: DownloadNews = { state: 'orphaned', written: 0, verified: false };
+        for (const follower of download.followers) this.send(follower, { mirror: 'dl-news', digest, news: orphaned });
+      } else if (download.followers.delete(worker)) {
+        this.send(download.owner, { mirror: 'dl-followers', digest, followers: download.followers.size });
+      }
+    }
+  }
+
+  /** Blob downloads shared now (for tests). */
+  get sharedDownloadCount(): number {
+    return this.downloads.size;
   }
 
   /** Flights led now (for tests and the status of the primary). */

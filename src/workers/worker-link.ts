@@ -3,17 +3,26 @@
 // the primary's shutdown and reload orders. Only misses, revalidations and bookkeeping send
 // anything; a warm hit never waits on this channel.
 
-import type { SiblingEvent, SiblingWorkers } from '../core/sibling-workers.js';
+import type { DownloadClaim, DownloadNews, SiblingEvent, SiblingWorkers } from '../core/sibling-workers.js';
 import { AggregatorRegistry, type Registry } from 'prom-client';
 import { isOurs, type ToPrimary, type ToWorker } from './broker.js';
 
 /** A question to the primary unanswered this long is answered locally (the primary is gone or stuck). */
 const REPLY_TIMEOUT_MS = 30_000;
 
+/** The IPC channel to the primary: the worker process itself (a fake in unit tests). */
+export interface PrimaryChannel {
+  readonly connected?: boolean;
+  send?(message: unknown): boolean;
+  on(event: 'message', listener: (message: unknown) => void): unknown;
+}
+
 export class WorkerLink implements SiblingWorkers {
   private nextReq = 0;
   private readonly pending = new Map<number, { resolve(value: unknown): void; timer: NodeJS.Timeout }>();
   private readonly listeners: ((event: SiblingEvent) => void)[] = [];
+  private readonly newsListeners: ((digest: string, news: DownloadNews) => void)[] = [];
+  private readonly followerListeners: ((digest: string, followers: number) => void)[] = [];
   private localReadiness: () => Promise<string | undefined> = async () => undefined;
   private shutdownPending = false;
   private onShutdown: () => void = () => {
@@ -21,8 +30,11 @@ export class WorkerLink implements SiblingWorkers {
   };
   private onReload: () => void = () => undefined;
 
-  constructor(readonly id: number) {
-    process.on('message', (message: unknown) => {
+  constructor(
+    readonly id: number,
+    private readonly channel: PrimaryChannel = process,
+  ) {
+    channel.on('message', (message: unknown) => {
       if (isOurs<ToWorker>(message)) this.receive(message);
     });
   }
@@ -55,6 +67,27 @@ export class WorkerLink implements SiblingWorkers {
     } finally {
       this.tell({ mirror: 'lease-release', lease });
     }
+  }
+
+  claimDownload(digest: string, repository: string): Promise<DownloadClaim> {
+    // No primary answering: download it here (the worst case is one more upstream download).
+    return this.ask<DownloadClaim>((req) => ({ mirror: 'dl-claim', digest, repository, req }), { role: 'own' });
+  }
+
+  reportDownload(digest: string, news: DownloadNews): void {
+    this.tell({ mirror: 'dl-news', digest, news });
+  }
+
+  unfollowDownload(digest: string): void {
+    this.tell({ mirror: 'dl-unfollow', digest });
+  }
+
+  onDownloadNews(listener: (digest: string, news: DownloadNews) => void): void {
+    this.newsListeners.push(listener);
+  }
+
+  onFollowers(listener: (digest: string, followers: number) => void): void {
+    this.followerListeners.push(listener);
   }
 
   publish(event: SiblingEvent): void {
@@ -90,6 +123,19 @@ export class WorkerLink implements SiblingWorkers {
       case 'event':
         for (const listener of this.listeners) listener(message.event);
         return;
+      // Delivered after pending promise continuations: IPC messages read together arrive in
+      // consecutive ticks, so the news right behind a claim's reply would otherwise reach this
+      // worker before the continuation of that claim has registered the download it follows.
+      case 'dl-news':
+        setImmediate(() => {
+          for (const listener of this.newsListeners) listener(message.digest, message.news);
+        });
+        return;
+      case 'dl-followers':
+        setImmediate(() => {
+          for (const listener of this.followerListeners) listener(message.digest, message.followers);
+        });
+        return;
       case 'readiness-ask':
         void this.localReadiness()
           .catch((err: unknown) => `readiness check failed: ${(err as Error).message}`)
@@ -104,7 +150,7 @@ export class WorkerLink implements SiblingWorkers {
   }
 
   private ask<T>(message: (req: number) => ToPrimary, fallback: T): Promise<T> {
-    if (!process.connected) return Promise.resolve(fallback);
+    if (!this.channel.connected) return Promise.resolve(fallback);
     const req = ++this.nextReq;
     return new Promise<T>((resolve) => {
       const timer = setTimeout(() => {
@@ -118,9 +164,9 @@ export class WorkerLink implements SiblingWorkers {
   }
 
   private tell(message: ToPrimary): void {
-    if (!process.connected || !process.send) return;
+    if (!this.channel.connected || !this.channel.send) return;
     try {
-      process.send(message);
+      this.channel.send(message);
     } catch {
       // the channel closed under us: the primary is gone and this worker exits with it
     }

@@ -1,9 +1,11 @@
 // The primary's broker (src/workers/broker.ts): who leads a flight across workers, what a
 // follower hears and when, shared token buckets and leases, and a dead worker's share.
+import { EventEmitter } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { buildConfig } from '../../src/config.js';
 import { Broker, type ToWorker } from '../../src/workers/broker.js';
+import { WorkerLink } from '../../src/workers/worker-link.js';
 
 function broker(workers = [1, 2, 3], spec = { perSecond: 1, burst: 2 }) {
   const sent: { to: number; message: ToWorker }[] = [];
@@ -68,6 +70,78 @@ describe('workers broker', () => {
       [3, { mirror: 'event', event: { kind: 'added', bytes: 5 } }],
     ]);
     expect(b.handle(1, { mirror: 'metrics', req: 1 })).toBe(false);
+  });
+});
+
+describe('one blob download across workers', () => {
+  const running = (written: number) => ({ state: 'running' as const, path: '/cache/tmp/x', totalSize: 100, written, verified: false });
+  const toWorker = (sent: { to: number; message: ToWorker }[], to: number, kind: ToWorker['mirror']) => sent.filter((s) => s.to === to && s.message.mirror === kind).map((s) => s.message);
+
+  it('the first claim owns it; later claims follow with the latest news, which reaches every follower; the owner hears how many follow', () => {
+    const { b, sent, replies } = broker();
+    b.handle(1, { mirror: 'dl-claim', digest: 'd', repository: 'hub\u0000team/app', req: 1 });
+    expect(replies(1)).toEqual([{ role: 'own' }]);
+    b.handle(1, { mirror: 'dl-news', digest: 'd', news: running(10) });
+    b.handle(2, { mirror: 'dl-claim', digest: 'd', repository: 'hub\u0000team/other', req: 1 });
+    expect(replies(2)).toEqual([{ role: 'follow', owner: 1, repository: 'hub\u0000team/app', news: running(10) }]);
+    b.handle(3, { mirror: 'dl-claim', digest: 'd', repository: 'hub\u0000team/app', req: 1 });
+    expect(toWorker(sent, 1, 'dl-followers')).toEqual([
+      { mirror: 'dl-followers', digest: 'd', followers: 1 },
+      { mirror: 'dl-followers', digest: 'd', followers: 2 },
+    ]);
+    // News from a worker that does not own the download is ignored.
+    b.handle(2, { mirror: 'dl-news', digest: 'd', news: running(99) });
+    b.handle(1, { mirror: 'dl-news', digest: 'd', news: running(50) });
+    expect(toWorker(sent, 2, 'dl-news')).toEqual([{ mirror: 'dl-news', digest: 'd', news: running(50) }]);
+    expect(toWorker(sent, 3, 'dl-news')).toEqual([{ mirror: 'dl-news', digest: 'd', news: running(50) }]);
+    b.handle(2, { mirror: 'dl-unfollow', digest: 'd' });
+    expect(toWorker(sent, 1, 'dl-followers').at(-1)).toEqual({ mirror: 'dl-followers', digest: 'd', followers: 1 });
+    // Done: forgotten, and the next claim owns a download anew (after finding the store has it).
+    b.handle(1, { mirror: 'dl-news', digest: 'd', news: { ...running(100), state: 'done', verified: true } });
+    expect(toWorker(sent, 2, 'dl-news')).toHaveLength(1);
+    expect(toWorker(sent, 3, 'dl-news')).toHaveLength(2);
+    expect(b.sharedDownloadCount).toBe(0);
+    b.handle(2, { mirror: 'dl-claim', digest: 'd', repository: 'hub\u0000team/app', req: 2 });
+    expect(replies(2).at(-1)).toEqual({ role: 'own' });
+  });
+
+  it('an owner that dies orphans its download: every follower hears it, and the first to claim again owns it', () => {
+    const { b, sent, replies } = broker();
+    b.handle(1, { mirror: 'dl-claim', digest: 'd', repository: 'r', req: 1 });
+    b.handle(2, { mirror: 'dl-claim', digest: 'd', repository: 'r', req: 1 });
+    b.handle(3, { mirror: 'dl-claim', digest: 'd', repository: 'r', req: 1 });
+    b.workerGone(1);
+    for (const follower of [2, 3]) expect(toWorker(sent, follower, 'dl-news')).toEqual([{ mirror: 'dl-news', digest: 'd', news: { state: 'orphaned', written: 0, verified: false } }]);
+    b.handle(3, { mirror: 'dl-claim', digest: 'd', repository: 'r', req: 2 });
+    b.handle(2, { mirror: 'dl-claim', digest: 'd', repository: 'r', req: 2 });
+    expect(replies(3).at(-1)).toEqual({ role: 'own' });
+    expect(replies(2).at(-1)).toEqual({ role: 'follow', owner: 3, repository: 'r', news: undefined });
+    // A follower that dies is only no longer counted.
+    b.workerGone(2);
+    expect(toWorker(sent, 3, 'dl-followers').at(-1)).toEqual({ mirror: 'dl-followers', digest: 'd', followers: 0 });
+    expect(b.sharedDownloadCount).toBe(1);
+  });
+});
+
+describe('the worker end of the channel', () => {
+  it('news right behind a claim reply reaches the download the claim continuation registers', async () => {
+    // Node delivers IPC messages read together in consecutive ticks, ahead of promise
+    // continuations: the follower registered after `await claimDownload` must still hear it.
+    const sentToPrimary: unknown[] = [];
+    const channel = Object.assign(new EventEmitter(), { connected: true, send: (message: unknown) => (sentToPrimary.push(message), true) });
+    const link = new WorkerLink(2, channel);
+    const registered = new Map<string, number[]>();
+    link.onDownloadNews((digest, news) => registered.get(digest)?.push(news.written));
+    const following = link.claimDownload('d', 'r').then((claim) => {
+      registered.set('d', []);
+      return claim;
+    });
+    const req = (sentToPrimary[0] as { req: number }).req;
+    process.nextTick(() => channel.emit('message', { mirror: 'reply', req, value: { role: 'follow', owner: 1, repository: 'r', news: undefined } }));
+    process.nextTick(() => channel.emit('message', { mirror: 'dl-news', digest: 'd', news: { state: 'running', path: '/t', totalSize: 9, written: 5, verified: false } }));
+    expect(await following).toMatchObject({ role: 'follow', owner: 1 });
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(registered.get('d')).toEqual([5]);
   });
 });
 
