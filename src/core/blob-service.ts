@@ -109,7 +109,7 @@ export class BlobService {
 
   /** `client`: the address whose budget of upstream misses a miss spends (none: not counted). */
   async get(route: Route, digest: Digest, options: { fromPeer?: boolean; client?: string; retries?: number } = {}): Promise<BlobResult> {
-    const { store, access, downloads, offline, budget } = this.deps;
+    const { store, access, offline, budget } = this.deps;
     const stat = await store.stat(digest);
     if (stat) {
       // Stored by a download for this very repository that is still finishing its commit: its link comes with it.
@@ -167,7 +167,7 @@ export class BlobService {
 
   /** What a HEAD needs: the size, without starting a download. */
   async stat(route: Route, digest: Digest, options: { client?: string } = {}): Promise<BlobResult> {
-    const { store, access, downloads, offline, budget } = this.deps;
+    const { store, access, offline, budget } = this.deps;
     const stat = await store.stat(digest);
     if (stat) {
       if (!this.joinsOwnRepository(route, digest)) await access.ensureLinked(route, digest, 'blob');
