@@ -63,10 +63,7 @@ export async function startServer(mirror: Mirror, listen = mirror.config.listen)
   // A worker of several (`workers: N`): its id on every response, its readiness for the primary's /readyz.
   const workerId = mirror.siblings?.id.toString();
   mirror.siblings?.answerReadiness(async () => (state.shuttingDown ? 'shutting down' : mirror.readiness()));
-  const handler = (req: IncomingMessage, res: ServerResponse) => {
-    if (workerId) res.setHeader(WORKER_HEADER, workerId);
-    void handleRequest(mirror, req, res, state);
-  };
+  const handler = (req: IncomingMessage, res: ServerResponse) => void handleRequest(mirror, req, res, state, workerId);
   const server = tls
     ? https.createServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, handler)
     : http.createServer(handler);
@@ -124,16 +121,24 @@ function isPeerRequest(mirror: Mirror, req: IncomingMessage, state: ServerState)
 let requestCounter = 0;
 const requestPrefix = process.pid.toString(36);
 
-async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerResponse, state: ServerState): Promise<void> {
+async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerResponse, state: ServerState, workerId: string | undefined): Promise<void> {
   const rawUrl = req.url ?? '/';
   const q = rawUrl.indexOf('?');
   const path = q >= 0 ? rawUrl.slice(0, q) : rawUrl;
   let parsedQuery: URLSearchParams | undefined;
   const fromPeer = isPeerRequest(mirror, req, state);
+  const id = `${requestPrefix}-${(++requestCounter).toString(36)}`;
+  // Every response's own headers, as name/value pairs: set on the response when a handler
+  // starts answering (or an error does), or passed whole to the manifest hit's one writeHead.
+  const common = ['X-Request-Id', id];
+  if (workerId) common.push(WORKER_HEADER, workerId);
+  if (state.shuttingDown) common.push('Connection', 'close');
   const ctx: RequestContext = {
     req,
     res,
-    id: `${requestPrefix}-${(++requestCounter).toString(36)}`,
+    id,
+    commonHeaders: common,
+    registryApi: false,
     started: performance.now(),
     path,
     rawQuery: q >= 0 ? rawUrl.slice(q + 1) : '',
@@ -146,8 +151,6 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
     // A peer replica forwards its own clients' misses: they were counted there.
     client: fromPeer ? undefined : state.proxies.clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for']),
   };
-  res.setHeader('X-Request-Id', ctx.id);
-  if (state.shuttingDown) res.setHeader('Connection', 'close');
   res.once('close', () => accessLog(mirror, ctx, state));
   try {
     await dispatch(mirror, ctx, state);
@@ -158,6 +161,9 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
 
 async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState): Promise<void> {
   const { req, res } = ctx;
+  // The manifest handler passes the common headers to its writeHead itself: no setHeader
+  // bookkeeping on the hottest path (Node then takes writeHead's fast path).
+  if (!ctx.path.includes('/manifests/')) setCommonHeaders(ctx);
   checkFraming(req, res);
   if (ctx.path === '/healthz') return sendText(res, 200, 'ok\n');
   if (ctx.path === '/readyz') {
@@ -179,7 +185,7 @@ async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState)
     if (!result.ok) {
       // Never the password: the user name and why.
       mirror.logger.warn({ reqId: ctx.id, user: result.user, reason: result.reason, remote: req.socket.remoteAddress }, 'client authentication failed');
-      res.setHeader(API_VERSION_HEADER, 'registry/2.0');
+      ctx.registryApi = true;
       if (result.busy) throw new RegistryError('TOOMANYREQUESTS', 'too many password checks in progress; try again shortly', { headers: { 'retry-after': '1' } });
       throw new RegistryError('UNAUTHORIZED', 'authentication required', { headers: { 'www-authenticate': state.auth.challenge } });
     }
@@ -194,7 +200,8 @@ async function dispatch(mirror: Mirror, ctx: RequestContext, state: ServerState)
   }
   const api = matchApiPath(ctx.path);
   if (api.kind === 'unknown') throw new RegistryError('NAME_UNKNOWN', 'no such API endpoint', { status: 404, detail: { path: ctx.path } });
-  res.setHeader(API_VERSION_HEADER, 'registry/2.0');
+  ctx.registryApi = true;
+  if (api.kind !== 'manifest') res.setHeader(API_VERSION_HEADER, 'registry/2.0');
   if (!READ_METHODS.has(req.method ?? '') || api.kind === 'upload') {
     throw new RegistryError('UNSUPPORTED', 'this is a read-only pull-through mirror: pushes and deletes are not supported', {
       headers: { allow: 'GET, HEAD' },
@@ -234,6 +241,13 @@ function checkFraming(req: IncomingMessage, res: ServerResponse): void {
   throw new RegistryError('UNSUPPORTED', badVersion ? `HTTP/${req.httpVersion} is not supported` : `Transfer-Encoding "${te}" cannot be framed`, { status: 400 });
 }
 
+/** The common headers (request id, worker, API version) on the response, for handlers that set headers one by one. */
+function setCommonHeaders(ctx: RequestContext): void {
+  const { res, commonHeaders } = ctx;
+  for (let i = 0; i < commonHeaders.length; i += 2) res.setHeader(commonHeaders[i]!, commonHeaders[i + 1]!);
+  if (ctx.registryApi) res.setHeader(API_VERSION_HEADER, 'registry/2.0');
+}
+
 function sendText(res: ServerResponse, status: number, text: string): void {
   res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(text) });
   res.end(text);
@@ -255,6 +269,7 @@ function sendError(mirror: Mirror, ctx: RequestContext, err: unknown): void {
     return;
   }
   const body = JSON.stringify(error.toJSON());
+  setCommonHeaders(ctx);
   res.statusCode = error.status;
   for (const [k, v] of Object.entries(error.headers)) res.setHeader(k, v);
   res.setHeader('Content-Type', 'application/json; charset=utf-8');

@@ -8,6 +8,10 @@ export interface RequestContext {
   req: IncomingMessage;
   res: ServerResponse;
   id: string;
+  /** Headers every response carries (request id, worker id, Connection: close when draining), as name/value pairs. */
+  commonHeaders: string[];
+  /** A registry API path: the response carries Docker-Distribution-API-Version. */
+  registryApi: boolean;
   started: number;
   path: string;
   /** The raw query string ('' when none); parsed on first use. */

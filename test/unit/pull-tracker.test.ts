@@ -11,7 +11,7 @@ const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: INDEX, m
 
 function ctx(method: string, reference: string, served?: { digest: string; mediaType: string; bytes: Buffer }, client = '10.0.0.1'): RequestContext {
   return {
-    req: { method } as RequestContext['req'], res: {} as RequestContext['res'], id: 'x', started: 0,
+    req: { method } as RequestContext['req'], res: {} as RequestContext['res'], id: 'x', commonHeaders: [], registryApi: true, started: 0,
     path: `/v2/library/alpine/manifests/${reference}`, rawQuery: '', query: new URLSearchParams(), bytes: 0, fromPeer: false, client,
     upstream: 'docker.io', repository: 'library/alpine', manifest: served,
   };

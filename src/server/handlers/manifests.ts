@@ -11,14 +11,22 @@ export async function handleManifest(mirror: Mirror, ctx: RequestContext, name: 
   ctx.outcome = result.outcome;
   ctx.manifest = result;
   const { res } = ctx;
-  // The hot path: one writeHead with every header, no per-header bookkeeping.
-  const headers: Record<string, string | number> = {
-    'Content-Type': result.mediaType,
-    'Content-Length': result.bytes.length,
-    'Docker-Content-Digest': result.digest,
-    ETag: `"${result.digest}"`,
-  };
-  if (result.warning) headers.Warning = result.warning;
+  // The hot path: one writeHead with every header as a flat name/value list (nothing was set
+  // on the response before: app.ts leaves the common headers to this call).
+  const headers = [
+    ...ctx.commonHeaders,
+    'Docker-Distribution-API-Version',
+    'registry/2.0',
+    'Content-Type',
+    result.mediaType,
+    'Content-Length',
+    String(result.bytes.length),
+    'Docker-Content-Digest',
+    result.digest,
+    'ETag',
+    `"${result.digest}"`,
+  ];
+  if (result.warning) headers.push('Warning', result.warning);
   res.writeHead(200, headers);
   if (ctx.req.method === 'HEAD') {
     res.end();
