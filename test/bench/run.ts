@@ -22,6 +22,7 @@
 //          --cpu-prof    node --cpu-prof on the mirror: one profile per mirror process
 //          --phase-prof  one CPU profile per measurement, through the mirror's inspector
 //          --no-results  do not rewrite RESULTS.md
+//   BENCH_KEEP=1 keeps the work directory (each system's log and storage) for a look afterwards
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { cpus, totalmem, tmpdir } from 'node:os';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -585,7 +586,7 @@ function cleanup(): Promise<void> {
     client?.stop();
     for (const s of [...running]) await s.stop().catch((err: unknown) => console.error(`stopping ${s.key}: ${String(err)}`));
     await upstream?.stop().catch((err: unknown) => console.error(`stopping the upstream: ${String(err)}`));
-    if (workDir) rmSync(workDir, { recursive: true, force: true });
+    if (workDir && !process.env.BENCH_KEEP) rmSync(workDir, { recursive: true, force: true });
   })();
   return cleaningUp;
 }
