@@ -89,6 +89,24 @@ export interface DownloadOptions {
   onCommitted(digest: Digest, size: number): void;
 }
 
+
+/**
+ * A promise its owner settles later (a download's `ready` or `finished`). Rejections nobody
+ * awaits are not unhandled: owners report them through their state and error too.
+ */
+export class Later {
+  readonly promise: Promise<void>;
+  resolve!: () => void;
+  reject!: (err: Error) => void;
+  constructor() {
+    this.promise = new Promise((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+    this.promise.catch(() => undefined);
+  }
+}
+
 export class BlobDownload extends EventEmitter {
   state: DownloadState = 'running';
   /** The whole blob is in the temp file and matches its digest (not yet durable or committed). */
@@ -117,10 +135,8 @@ export class BlobDownload extends EventEmitter {
   private readonly stopped = new AbortController();
   private currentBody: Readable | undefined;
   private readonly activeBodies = new Set<Readable>();
-  private resolveReady!: () => void;
-  private rejectReady!: (err: Error) => void;
-  private resolveFinished!: () => void;
-  private rejectFinished!: (err: Error) => void;
+  private readonly readyLater = new Later();
+  private readonly finishedLater = new Later();
 
   constructor(
     readonly digest: Digest,
@@ -131,17 +147,8 @@ export class BlobDownload extends EventEmitter {
   ) {
     super();
     this.setMaxListeners(0);
-    this.ready = new Promise((resolve, reject) => {
-      this.resolveReady = resolve;
-      this.rejectReady = reject;
-    });
-    this.finished = new Promise((resolve, reject) => {
-      this.resolveFinished = resolve;
-      this.rejectFinished = reject;
-    });
-    // Nobody may be listening; rejections are read through state/error too.
-    this.ready.catch(() => undefined);
-    this.finished.catch(() => undefined);
+    this.ready = this.readyLater.promise;
+    this.finished = this.finishedLater.promise;
   }
 
   /** Runs the download to its end; never rejects (the outcome is in state/error). */
@@ -192,7 +199,7 @@ export class BlobDownload extends EventEmitter {
           else if (totalSize !== undefined && totalSize !== this.totalSize) {
             throw new RegistryError('BLOB_UNKNOWN', 'upstream changed the blob size while resuming', { status: 502, detail: { digest: this.digest.value } });
           }
-          this.resolveReady();
+          this.readyLater.resolve();
           this.opened = true;
           // Clients read it from now on; none might (they all left while it was opening).
           if (this.readers === 0 && this.remoteReaders === 0 && !this.idleTimer) this.startIdleTimer();
@@ -279,7 +286,7 @@ export class BlobDownload extends EventEmitter {
       // The bytes are safely in the store; the index can be repaired (mirror verify).
       this.options.logger.error({ digest: this.digest.value, err: (err as Error).message }, 'could not record a committed blob in the index');
     }
-    this.resolveFinished();
+    this.finishedLater.resolve();
     this.emit('progress');
   }
 
@@ -610,8 +617,8 @@ export class BlobDownload extends EventEmitter {
     this.stopped.abort(error);
     this.currentBody?.destroy(error);
     for (const body of this.activeBodies) body.destroy(error);
-    this.rejectReady(error);
-    this.rejectFinished(error);
+    this.readyLater.reject(error);
+    this.finishedLater.reject(error);
     this.emit('progress');
   }
 

@@ -15,7 +15,7 @@ import type { Readable } from 'node:stream';
 import { RegistryError, type ErrorCode } from '../oci/errors.js';
 import type { Digest } from '../oci/reference.js';
 import type { DownloadNews, SharedError } from './sibling-workers.js';
-import type { BlobDownload } from '../cache/downloads.js';
+import { Later, type BlobDownload } from '../cache/downloads.js';
 import { GrowingFileReader, type GrowingFile } from '../cache/growing-file-reader.js';
 
 /** The owner had no room for the blob: the asking worker claims the download anew (and may pass it through). */
@@ -34,10 +34,8 @@ export class RemoteDownload extends EventEmitter implements GrowingFile {
   readonly finished: Promise<void>;
   private readers = 0;
   private everRead = false;
-  private resolveReady!: () => void;
-  private rejectReady!: (err: Error) => void;
-  private resolveFinished!: () => void;
-  private rejectFinished!: (err: Error) => void;
+  private readonly readyLater = new Later();
+  private readonly finishedLater = new Later();
   private mirrored: BlobDownload | undefined;
 
   constructor(
@@ -53,16 +51,8 @@ export class RemoteDownload extends EventEmitter implements GrowingFile {
   ) {
     super();
     this.setMaxListeners(0);
-    this.ready = new Promise((resolve, reject) => {
-      this.resolveReady = resolve;
-      this.rejectReady = reject;
-    });
-    this.finished = new Promise((resolve, reject) => {
-      this.resolveFinished = resolve;
-      this.rejectFinished = reject;
-    });
-    this.ready.catch(() => undefined);
-    this.finished.catch(() => undefined);
+    this.ready = this.readyLater.promise;
+    this.finished = this.finishedLater.promise;
   }
 
   /** The owner's news (or, after a takeover by this worker, its own download's state). */
@@ -83,12 +73,12 @@ export class RemoteDownload extends EventEmitter implements GrowingFile {
       this.fail(error);
       return;
     }
-    if (this.totalSize !== undefined && this.path !== undefined) this.resolveReady();
+    if (this.totalSize !== undefined && this.path !== undefined) this.readyLater.resolve();
     if (news.state === 'done') {
       this.state = 'done';
       this.totalSize = this.written;
-      this.resolveReady();
-      this.resolveFinished();
+      this.readyLater.resolve();
+      this.finishedLater.resolve();
     } else this.state = news.state;
     this.emit('progress');
   }
@@ -113,8 +103,8 @@ export class RemoteDownload extends EventEmitter implements GrowingFile {
     if (this.state === 'done' || this.state === 'failed') return;
     this.state = 'failed';
     this.error = error;
-    this.rejectReady(error);
-    this.rejectFinished(error);
+    this.readyLater.reject(error);
+    this.finishedLater.reject(error);
     this.emit('progress');
   }
 
