@@ -49,6 +49,17 @@ export const MIRROR_VARIANTS: MirrorVariant[] = [
   { name: 'mirror, segments: 4', config: { downloads: { segments: 4, segmentThreshold: '16MiB' } }, everywhere: false },
 ];
 
+/**
+ * Variants for an experiment, from BENCH_VARIANTS (a JSON list of {name, config}), added after
+ * the standard ones on the slow link: e.g. '[{"name":"prefetch 8","config":{"prefetch":{"concurrency":8}}}]'.
+ */
+function extraVariants(): MirrorVariant[] {
+  const text = process.env.BENCH_VARIANTS;
+  if (!text) return [];
+  const list = JSON.parse(text) as { name: string; config?: Record<string, unknown>; args?: string[] }[];
+  return list.map((v) => ({ name: v.name, config: v.config, args: v.args, everywhere: false }));
+}
+
 export interface BenchImage {
   repository: string;
   image: Image;
@@ -105,7 +116,7 @@ const mib = (v: number) => `${(v / MiB).toFixed(1)} MiB`;
 
 export async function firstPull(ctx: FirstPullContext): Promise<{ table: string; checks: Check[]; notes: string[] }> {
   const { upstream, client, workDir, log } = ctx;
-  const variants = ctx.variants ?? MIRROR_VARIANTS;
+  const variants = ctx.variants ?? [...MIRROR_VARIANTS, ...extraVariants()];
   const reference = variants[0]!.name;
   const notes = new Set<string>();
   const rejected = new Map<string, string>();

@@ -22,7 +22,8 @@
 //          --cpu-prof    node --cpu-prof on the mirror: one profile per mirror process
 //          --phase-prof  one CPU profile per measurement, through the mirror's inspector
 //          --no-results  do not rewrite RESULTS.md
-//   BENCH_KEEP=1 keeps the work directory (each system's log and storage) for a look afterwards
+//   BENCH_KEEP=1 keeps the work directory (each system's log and storage) for a look afterwards; a failed run always keeps it
+//   BENCH_VARIANTS='[{"name":"…","config":{…}}]' adds mirror configurations to the slow-link rows (experiments)
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { cpus, totalmem, tmpdir } from 'node:os';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -581,12 +582,16 @@ let client: PullClient | undefined;
 let workDir: string | undefined;
 let cleaningUp: Promise<void> | undefined;
 
+/** A failed run keeps its work directory (the systems' logs say why): set when the bench fails. */
+let keepWorkDir = Boolean(process.env.BENCH_KEEP);
+
 function cleanup(): Promise<void> {
   cleaningUp ??= (async () => {
     client?.stop();
     for (const s of [...running]) await s.stop().catch((err: unknown) => console.error(`stopping ${s.key}: ${String(err)}`));
     await upstream?.stop().catch((err: unknown) => console.error(`stopping the upstream: ${String(err)}`));
-    if (workDir && !process.env.BENCH_KEEP) rmSync(workDir, { recursive: true, force: true });
+    if (workDir && !keepWorkDir) rmSync(workDir, { recursive: true, force: true });
+    else if (workDir) console.error(`bench: work directory kept: ${workDir}`);
   })();
   return cleaningUp;
 }
@@ -832,6 +837,7 @@ try {
 } catch (err) {
   console.error(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
   exitCode = 1;
+  keepWorkDir = true;
 } finally {
   await cleanup();
   clearTimeout(watchdog);
