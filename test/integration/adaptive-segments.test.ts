@@ -124,8 +124,11 @@ describe('segments: auto (the default)', () => {
     expect(fallbacks).toHaveLength(1);
     expect(String(fallbacks[0]!.reason)).toMatch(/ignored Range/);
     expect(downloaded(defaults, blob.digest)).toHaveLength(1);
-    // Fetched again from the verified prefix, as before: one ranged request refused, one resume.
-    expect(blobGets(blob.digest).filter((q) => q.range)).toHaveLength(2);
+    // The first split's Range requests (up to 4 at once) were refused, then one resume from the
+    // verified prefix: never more.
+    const ranged = blobGets(blob.digest).filter((q) => q.range).length;
+    expect(ranged).toBeGreaterThanOrEqual(2);
+    expect(ranged).toBeLessThanOrEqual(5);
     // Served from the store afterwards, with no upstream request.
     upstream.reset();
     const again = await get(`${defaults.url}/v2/team/app/blobs/${blob.digest}`);

@@ -217,8 +217,10 @@ describe('an abandoned download', () => {
       await waitFor(() => readdirSync(join(impatient.storage, 'tmp')).length === 0, 10_000);
       const hex = digest.slice(7);
       expect(existsSync(join(impatient.storage, 'blobs', 'sha256', hex.slice(0, 2), hex))).toBe(false);
-      // 16 MiB at 2 MiB/s needs 8 s: it was stopped after about a second without a client.
-      expect(upstream.count({ kind: 'blob', method: 'GET', authorized: true })).toBe(1);
+      // 16 MiB at 2 MiB/s needs 8 s: it was stopped after about a second without a client, and
+      // not started again (the slow link may have had it add Range pieces before it stopped).
+      expect(upstream.count({ kind: 'blob', method: 'GET', authorized: true, ranged: false })).toBe(1);
+      expect(upstream.count({ kind: 'blob', method: 'GET', authorized: true })).toBeLessThanOrEqual(5);
     } finally {
       upstream.fault = undefined;
       await impatient.stop();

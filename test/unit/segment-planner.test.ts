@@ -42,25 +42,37 @@ describe('SegmentPlanner', () => {
     expect(simulate(256 * MiB, () => 150 * MiB).maxConnections).toBe(1);
   });
 
-  it('doubles connections on a link that limits each connection, up to the cap, after one measured second', () => {
+  it('splits a link that limits each connection after half a second, first to 4, then doubles up to the cap', () => {
     const run = simulate(256 * MiB, (n) => n * 8 * MiB);
-    expect(run.history.map((h) => h.connections)).toEqual([1, 2, 4, 8]);
-    // The first addition comes after the first second of measuring, not before.
-    expect(run.history[1]!.at).toBeGreaterThanOrEqual(1000);
-    expect(run.history[1]!.at).toBeLessThan(1300);
+    expect(run.history.map((h) => h.connections)).toEqual([1, 4, 8]);
+    // The first addition comes after the first half second of measuring, not before.
+    expect(run.history[1]!.at).toBeGreaterThanOrEqual(500);
+    expect(run.history[1]!.at).toBeLessThan(800);
     // 256 MiB at 8 MiB/s is 32 s on one connection; adding as it goes makes it a fraction.
     expect(run.endedAt).toBeLessThan(8000);
     expect(simulate(256 * MiB, (n) => n * 8 * MiB, { maxSegments: 4 }).maxConnections).toBe(4);
+    expect(simulate(256 * MiB, (n) => n * 8 * MiB, { maxSegments: 3 }).maxConnections).toBe(3);
     expect(simulate(256 * MiB, (n) => n * 8 * MiB, { maxSegments: 1 }).maxConnections).toBe(1);
   });
 
-  it('stops after the first doubling that does not raise the total rate (the link, not the connection, is the limit)', () => {
-    // 10 MiB/s in total however many connections share it.
+  it('stops after the first step that does not raise the total rate (the link, not the connection, is the limit)', () => {
+    // 10 MiB/s in total however many connections share it: one try with 4, no more.
     const shared = simulate(128 * MiB, () => 10 * MiB);
-    expect(shared.history.map((h) => h.connections)).toEqual([1, 2]);
-    // Per-connection 8 MiB/s but 18 MiB/s in total: 1 → 2 pays (+100%), 2 → 4 only +12.5% (16 → 18): no 8.
-    const capped = simulate(256 * MiB, (n) => Math.min(n * 8 * MiB, 18 * MiB));
-    expect(capped.history.map((h) => h.connections)).toEqual([1, 2, 4]);
+    expect(shared.history.map((h) => h.connections)).toEqual([1, 4]);
+    // Per-connection 8 MiB/s but 18 MiB/s in total: 1 → 4 pays (8 → 18), 4 → 6 adds nothing: settled there.
+    const capped = simulate(256 * MiB, (n) => Math.min(n * 8 * MiB, 18 * MiB), { maxSegments: 6 });
+    expect(capped.history.map((h) => h.connections)).toEqual([1, 4, 6]);
+  });
+
+  it('splits a mid-sized layer on a slow link as far as its rest calls for, at once', () => {
+    // 8 MiB/s per connection. 28 MiB: after half a second 24 MiB are left (3 s), three connections.
+    const mid = simulate(28 * MiB, (n) => n * 8 * MiB);
+    expect(mid.history.map((h) => h.connections)).toEqual([1, 3]);
+    // One stream would take 3.5 s; split at once it ends in about half that.
+    expect(mid.endedAt).toBeLessThan(2000);
+    // 20 MiB: 16 MiB left (2 s): one more connection. 12 MiB: 8 MiB left (1 s) is not long: one stream.
+    expect(simulate(20 * MiB, (n) => n * 8 * MiB).history.map((h) => h.connections)).toEqual([1, 2]);
+    expect(simulate(12 * MiB, (n) => n * 8 * MiB).maxConnections).toBe(1);
   });
 
   it('measures an addition only once the new connections deliver (slow to open is not "no gain")', () => {
@@ -72,8 +84,9 @@ describe('SegmentPlanner', () => {
   it('does not split when what is left is too small to share', () => {
     // 2.5 MiB at 0.4 MiB/s would take long, but once measured under 2 MiB are left: two pieces under 1 MiB each.
     expect(simulate(2.5 * MiB, () => 0.4 * MiB).maxConnections).toBe(1);
-    // The same rate with more to fetch is split.
-    expect(simulate(8 * MiB, () => 0.4 * MiB).maxConnections).toBe(2);
+    // The same rate with more to fetch is split, into no piece under 1 MiB: 3.5 MiB left, three pieces.
+    expect(simulate(4 * MiB, () => 0.4 * MiB).maxConnections).toBe(3);
+    expect(simulate(8 * MiB, () => 0.4 * MiB).maxConnections).toBe(4);
   });
 
   it('steals half of the biggest piece left only when that piece would take long on one connection', () => {
