@@ -446,7 +446,7 @@ export interface PrefetchConfig {
   maxQueued: number;
 }
 
-const PREFETCH_DEFAULTS: PrefetchConfig = { enabled: true, concurrency: 3, maxQueued: 256 };
+const PREFETCH_DEFAULTS: PrefetchConfig = { enabled: true, concurrency: 8, maxQueued: 256 };
 
 export interface S3StoreOptions {
   bucket: string;

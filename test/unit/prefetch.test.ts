@@ -60,7 +60,7 @@ describe('the prefetch setting', () => {
     expect(of('docker.io')).toEqual({ enabled: true, concurrency: 5, maxQueued: 256 });
     expect(of('ghcr.io')).toEqual({ enabled: false, concurrency: 5, maxQueued: 256 });
     expect(of('quay.io')).toEqual({ enabled: true, concurrency: 5, maxQueued: 7 });
-    expect(buildConfig({}, {}).upstreams[0]!.prefetch).toEqual({ enabled: true, concurrency: 3, maxQueued: 256 });
+    expect(buildConfig({}, {}).upstreams[0]!.prefetch).toEqual({ enabled: true, concurrency: 8, maxQueued: 256 });
     expect(buildConfig({ prefetch: false }, {}).upstreams[0]!.prefetch.enabled).toBe(false);
   });
 });
