@@ -444,7 +444,8 @@ export class BlobService {
     }
     const reader = download.createReader(start, end);
     if (reader) return reader;
-    // Committing, and the temp file has just left: the store has the blob in a moment.
+    // No temp file to read now (it has just left for the store, or another worker's news lags):
+    // the store has the blob once the download finishes; a failed one fails this reader.
     const out = new PassThrough({ highWaterMark: READ_CHUNK_BYTES });
     download.finished.then(
       () => {

@@ -108,15 +108,21 @@ export class RemoteDownload extends EventEmitter implements GrowingFile {
     this.emit('progress');
   }
 
-  /** As BlobDownload.createReader: undefined once the temp file has left (the store has the blob). */
+  /**
+   * As BlobDownload.createReader: undefined when there is no temp file to read now, and the
+   * caller waits for `finished` (then reads the store, or fails with the download). The news
+   * here can lag the owner by an IPC hop: the file may already be in the store (the owner
+   * committed), gone (the owner failed) or not yet known (a takeover starting over), all while
+   * this worker still believes it running.
+   */
   createReader(start: number, end: number | undefined): Readable | undefined {
-    if ((this.state !== 'running' && this.state !== 'committing') || !this.path) throw new Error('download is not running');
+    if (this.state !== 'running' && this.state !== 'committing') throw new Error('download is not running');
+    if (!this.path) return undefined;
     let fd: number;
     try {
       fd = openSync(this.path, 'r');
     } catch (err) {
-      // Renamed into the store between the owner's news and this open: read the store.
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && (this.verified || this.state === 'committing')) return undefined;
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
     }
     this.readers++;
