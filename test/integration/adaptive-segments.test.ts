@@ -70,14 +70,21 @@ afterEach(() => {
 
 describe('segments: auto (the default)', () => {
   it('a big blob over a fast (unshaped loopback) link stays one stream', async () => {
-    // Well over the threshold, and done in about 3 s even on a machine loaded to ~8 MiB/s on
-    // loopback (the rest measured after the first second never "takes long").
+    // Well over the threshold. Loopback moves it in well under the planner's "long" (~1.5 s
+    // for the rest after half a second measured) unless the machine is so loaded that loopback
+    // crawls (three copies of this suite at once on 2 cores did it); then the split must have
+    // been called for by the rate measured at that moment, never made on a fast one.
     const blob = cold(32 * MiB);
     const r = await get(`${defaults.url}/v2/team/app/blobs/${blob.digest}`);
     expect(sha256(r.body)).toBe(blob.digest);
     await stored(defaults, blob.digest);
-    expect(blobGets(blob.digest).map((q) => q.range)).toEqual([undefined]);
-    expect(downloaded(defaults, blob.digest)[0]!.segmentsUsed).toBe(1);
+    const splits = defaults.logs.filter((l) => l.msg === 'download measured slow; adding Range connections' && l.digest === blob.digest);
+    if (splits.length === 0) {
+      expect(blobGets(blob.digest).map((q) => q.range)).toEqual([undefined]);
+      expect(downloaded(defaults, blob.digest)[0]!.segmentsUsed).toBe(1);
+    } else {
+      for (const split of splits) expect(Number(split.remaining) / Number(split.bytesPerSecond)).toBeGreaterThan(1.5);
+    }
   });
 
   it('over a link that paces each connection it adds Range connections (segments: 1 does not); bytes identical, digest verified', async () => {
@@ -101,16 +108,17 @@ describe('segments: auto (the default)', () => {
     expect(gets.slice(1).length).toBeGreaterThan(0);
     expect(gets.slice(1).every((q) => q.status === 206)).toBe(true);
     expect(downloaded(defaults, blob.digest)[0]!.segmentsUsed).toBe(auto.maxOpen);
-    // The first stream is measured before any split: no Range request in its first second.
+    // The first stream is measured before any split: no Range request in its first half second.
     expect(defaults.logs.some((l) => l.msg === 'segmented download not possible; continuing with one stream')).toBe(false);
 
     expect(single.maxOpen).toBe(1);
     expect(blobGets(other.digest).map((q) => q.range)).toEqual([undefined]);
     expect(downloaded(oneStream, other.digest)[0]!.segmentsUsed).toBe(1);
 
-    // The metric: one download of 1 connection and one of more, in the default mirror's histogram.
+    // The metric: the default mirror's histogram counts this download among those of more than one connection.
     const metrics = (await get(`${defaults.url}/metrics`)).body.toString();
-    expect(metrics).toMatch(/^mirror_download_segments_bucket\{le="1"\} [1-9]/m);
+    // (Two downloads at least in this mirror: this one, and the one before.)
+    expect(Number(/^mirror_download_segments_count (\d+)/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(2);
     expect(Number(/^mirror_download_segments_count (\d+)/m.exec(metrics)?.[1])).toBeGreaterThan(Number(/^mirror_download_segments_bucket\{le="1"\} (\d+)/m.exec(metrics)?.[1]));
   });
 
