@@ -385,13 +385,16 @@ export class BlobDownload extends EventEmitter {
           this.written += chunks.reduce((n, c) => n + c.length, 0);
           this.emit('progress');
         }
+        let until = contiguous();
+        if (this.written >= until) return;
         // Big reads, the next one under way while this one is hashed: when the last pieces
         // land together, most of the blob is hashed here, after the download, on the clock.
+        // Allocated only once pieces past the prefix need reading back: a download that never
+        // split (most of them) holds none (eight prefetches would otherwise hold 64 MiB).
         readBack ??= [Buffer.allocUnsafe(READ_BACK_BYTES), Buffer.allocUnsafe(READ_BACK_BYTES)];
         const readAt = (buffer: Buffer, position: number, until: number) =>
           position < until ? handle.read(buffer, 0, Math.min(buffer.length, until - position), position).then((r) => r.bytesRead) : Promise.resolve(0);
         let turn = 0;
-        let until = contiguous();
         let reading = readAt(readBack[turn]!, this.written, until);
         while (this.written < until) {
           const bytesRead = await reading;
