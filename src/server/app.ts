@@ -16,7 +16,7 @@ import { handleManifest } from './handlers/manifests.js';
 import { handleReferrers } from './handlers/referrers.js';
 import { handleTags } from './handlers/tags.js';
 import { matchApiPath } from './api-paths.js';
-import type { RequestContext } from './request-context.js';
+import { ServerRequestContext, type RequestContext } from './request-context.js';
 import { HtpasswdAuth } from './client-auth.js';
 import { renderStatusPage, statusData, type RecentPull } from './status-page.js';
 import { TrustedProxies } from '../http/forwarded.js';
@@ -125,7 +125,6 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
   const rawUrl = req.url ?? '/';
   const q = rawUrl.indexOf('?');
   const path = q >= 0 ? rawUrl.slice(0, q) : rawUrl;
-  let parsedQuery: URLSearchParams | undefined;
   const fromPeer = isPeerRequest(mirror, req, state);
   const id = `${requestPrefix}-${(++requestCounter).toString(36)}`;
   // Every response's own headers, as name/value pairs: set on the response when a handler
@@ -133,24 +132,18 @@ async function handleRequest(mirror: Mirror, req: IncomingMessage, res: ServerRe
   const common = ['X-Request-Id', id];
   if (workerId) common.push(WORKER_HEADER, workerId);
   if (state.shuttingDown) common.push('Connection', 'close');
-  const ctx: RequestContext = {
+  const ctx = new ServerRequestContext(
     req,
     res,
     id,
-    commonHeaders: common,
-    registryApi: false,
-    started: performance.now(),
+    common,
+    performance.now(),
     path,
-    rawQuery: q >= 0 ? rawUrl.slice(q + 1) : '',
-    get query() {
-      parsedQuery ??= new URLSearchParams(this.rawQuery);
-      return parsedQuery;
-    },
-    bytes: 0,
+    q >= 0 ? rawUrl.slice(q + 1) : '',
     fromPeer,
     // A peer replica forwards its own clients' misses: they were counted there.
-    client: fromPeer ? undefined : state.proxies.clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for']),
-  };
+    fromPeer ? undefined : state.proxies.clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for']),
+  );
   res.once('close', () => accessLog(mirror, ctx, state));
   try {
     await dispatch(mirror, ctx, state);

@@ -33,6 +33,9 @@ for (const [label, path] of [['tag', 'v1'], ['digest', digest]]) {
     console.log(`${label} round ${r}: ${rps} req/s p99 ${p99}; mirror CPU ${((cpu() - c0) * 1000 / total).toFixed(1)} us/request`);
   }
 }
+// Peak RSS of the mirror process over the whole run (one process with workers 1).
+const hwm = /VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1];
+console.log(`mirror process peak RSS (VmHWM) ${(Number(hwm) / 1024).toFixed(1)} MiB`);
 const t0 = Date.now();
 await mirror.kill('SIGTERM');
 console.log(`stop took ${Date.now() - t0} ms`);
