@@ -1,11 +1,11 @@
 // The content store on the local filesystem (the embedded default); the layout is drawn
 // at the top of blob-store.ts.
 
-import { createReadStream, type ReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Digest } from '../oci/reference.js';
-import { ContentTooLarge, READ_CHUNK_BYTES, type BlobStore, type StoredObject } from './blob-store.js';
+import { ContentTooLarge, type BlobStore, type StoredObject } from './blob-store.js';
+import { StoredFileReader } from './stored-file-reader.js';
 import type { ScratchSpace } from './scratch.js';
 
 export class FileBlobStore implements BlobStore {
@@ -37,9 +37,9 @@ export class FileBlobStore implements BlobStore {
     }
   }
 
-  /** Stream `[start, end]` (inclusive) of a stored object. */
-  createReadStream(digest: Digest, start?: number, end?: number): ReadStream {
-    return createReadStream(this.pathOf(digest), { start, end, highWaterMark: READ_CHUNK_BYTES });
+  /** Stream `[start, end]` (inclusive) of a stored object, in pooled chunks (its consumer may recycle them). */
+  createReadStream(digest: Digest, start?: number, end?: number): StoredFileReader {
+    return new StoredFileReader(this.pathOf(digest), start, end);
   }
 
   async read(digest: Digest, maxBytes = Infinity): Promise<Buffer | undefined> {

@@ -4,6 +4,7 @@
 import { close, openSync, read } from 'node:fs';
 import { Readable } from 'node:stream';
 import { READ_CHUNK_BYTES } from './blob-store.js';
+import { LentChunks, type RecyclingReadable } from './chunk-pool.js';
 
 /** What the reader needs to know of the download writing the file (cache/downloads.ts). */
 export interface GrowingFile {
@@ -26,12 +27,14 @@ export interface GrowingFile {
 }
 
 /** Reads a file that another writer is still appending to, waiting for bytes as needed. */
-export class GrowingFileReader extends Readable {
+export class GrowingFileReader extends Readable implements RecyclingReadable {
   private position: number;
   private reading = false;
   private waiting = false;
   private released = false;
   private generation: number | undefined;
+  /** Pooled read buffers (chunk-pool.ts): a buffer whose read outlives the reader is dropped, never pooled. */
+  private readonly chunks = new LentChunks();
 
   constructor(
     private readonly download: GrowingFile,
@@ -43,6 +46,10 @@ export class GrowingFileReader extends Readable {
     super({ highWaterMark: READ_CHUNK_BYTES });
     this.position = start;
     this.generation = download.generation;
+  }
+
+  recycle(chunk: Buffer): void {
+    this.chunks.giveBack(chunk);
   }
 
   private readonly onProgress = (): void => {
@@ -102,7 +109,7 @@ export class GrowingFileReader extends Readable {
       return;
     }
     const want = Math.min(READ_CHUNK_BYTES, available - this.position, limit !== undefined ? limit - this.position : Infinity);
-    const buffer = Buffer.allocUnsafe(want);
+    const buffer = this.chunks.take();
     this.reading = true;
     read(this.fd, buffer, 0, want, this.position, (err, bytesRead) => {
       this.reading = false;
@@ -118,7 +125,7 @@ export class GrowingFileReader extends Readable {
         return;
       }
       this.position += bytesRead;
-      if (this.push(bytesRead === want ? buffer : buffer.subarray(0, bytesRead))) this.pump();
+      if (this.push(this.chunks.lend(buffer, buffer.subarray(0, bytesRead)))) this.pump();
     });
   }
 

@@ -3,6 +3,7 @@
 // manifest lists and schema2 images, and a 100 MiB layer. Upstream traffic is counted at
 // its front; time for freshness comes from a manual clock.
 import { createHash } from 'node:crypto';
+import http from 'node:http';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -171,6 +172,40 @@ describe('the cache', () => {
     expect(sha(second.body)).toBe(layer.digest);
     expect(upstream.count({ kind: 'blob', method: 'GET', status: 200 })).toBe(1);
     expect(upstream.bytes({ kind: 'blob' })).toBe(layer.size);
+  });
+
+  it('a warm blob to fast and slow clients at once: every body byte-exact (read buffers are pooled and reused)', async () => {
+    const layer = content.big!.content.layers[0]!;
+    const url = `${mirror.url}/v2/library/big/blobs/${layer.digest}`;
+    const whole = readFileSync(join(mirror.storage, 'blobs', 'sha256', layer.digest.slice(7, 9), layer.digest.slice(7)));
+    /** A client that stops reading for `pauseMs` after every 2 MiB: its chunks wait in the socket while others' are recycled. */
+    const slowRange = (start: number, end: number, pauseMs: number) =>
+      new Promise<Buffer>((resolve, reject) => {
+        http
+          .get(url, { headers: { range: `bytes=${start}-${end}` } }, (res) => {
+            const parts: Buffer[] = [];
+            let sincePause = 0;
+            res.on('data', (chunk: Buffer) => {
+              parts.push(chunk);
+              sincePause += chunk.length;
+              if (sincePause >= 2 * 1024 * 1024) {
+                sincePause = 0;
+                res.pause();
+                setTimeout(() => res.resume(), pauseMs);
+              }
+            });
+            res.on('end', () => resolve(Buffer.concat(parts)));
+            res.on('error', reject);
+          })
+          .on('error', reject);
+      });
+    const fast = Array.from({ length: 3 }, () => get(url));
+    const slow = [slowRange(0, 24 * 1024 * 1024 - 1, 20), slowRange(7_777_777, 30_000_000, 15), slowRange(layer.size - 20 * 1024 * 1024, layer.size - 1, 25)];
+    for (const r of await Promise.all(fast)) expect(sha(r.body)).toBe(layer.digest);
+    const [a, b, c] = await Promise.all(slow);
+    expect(a!.equals(whole.subarray(0, 24 * 1024 * 1024))).toBe(true);
+    expect(b!.equals(whole.subarray(7_777_777, 30_000_001))).toBe(true);
+    expect(c!.equals(whole.subarray(layer.size - 20 * 1024 * 1024))).toBe(true);
   });
 
   it('freshness survives a restart', async () => {

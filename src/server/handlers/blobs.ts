@@ -1,6 +1,5 @@
 import type { ServerResponse } from 'node:http';
 import { finished, type Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import type { Mirror } from '../../mirror.js';
 import { RegistryError } from '../../oci/errors.js';
 import { parseDigest } from '../../oci/reference.js';
@@ -9,6 +8,7 @@ import { multipartByteranges } from '../../http/byteranges.js';
 import { parseRanges, type ByteRange } from '../../http/range.js';
 import type { BlobResult } from '../../core/results.js';
 import { selectUpstream } from './select-upstream.js';
+import { isRecycling } from '../../cache/chunk-pool.js';
 
 /**
  * GET/HEAD /v2/<name>/blobs/<digest>, with Range (206/416), one range or several
@@ -72,10 +72,13 @@ export async function handleBlob(mirror: Mirror, ctx: RequestContext, name: stri
     return;
   }
   const source = blob.open(start, end);
-  source.on('data', (chunk: Buffer) => {
-    ctx.bytes += chunk.length;
+  await sendBody(mirror, ctx, blob, async () => {
+    await copyPart(source, res, (n) => {
+      ctx.bytes += n;
+    });
+    res.end();
+    await finishedResponse(res);
   });
-  await sendBody(mirror, ctx, blob, () => pipeline(source, res));
 }
 
 /**
@@ -132,16 +135,24 @@ async function serveMultipart(mirror: Mirror, ctx: RequestContext, blob: BlobRes
  * Copy `source` into `res` without ending it: pauses the source while the response's buffer
  * is full, destroys it if the client goes away, and removes every listener it added once done
  * (unlike `pipeline(source, res, { end: false })`, which leaves three per call on the
- * response: a thousand parts would pile up thousands). Resolves with the bytes copied.
+ * response: a thousand parts would pile up thousands). A source that reads into pooled
+ * buffers gets each chunk back once its write has completed (cache/chunk-pool.ts); a write
+ * that fails keeps its chunk out of the pool. Resolves with the bytes copied.
  */
 function copyPart(source: Readable, res: ServerResponse, onBytes: (n: number) => void): Promise<number> {
+  const recycling = isRecycling(source) ? source : undefined;
   return new Promise((resolve, reject) => {
     let sent = 0;
     let settled = false;
     const onData = (chunk: Buffer) => {
       sent += chunk.length;
       onBytes(chunk.length);
-      if (!res.write(chunk)) source.pause();
+      const more = recycling
+        ? res.write(chunk, (err) => {
+            if (!err) recycling.recycle(chunk);
+          })
+        : res.write(chunk);
+      if (!more) source.pause();
     };
     const onDrain = () => source.resume();
     const settle = (err: Error | undefined) => {
@@ -163,6 +174,13 @@ function copyPart(source: Readable, res: ServerResponse, onBytes: (n: number) =>
     const stopResponse = finished(res, (err) => settle(err ?? prematureClose()));
     res.on('drain', onDrain);
     source.on('data', onData);
+  });
+}
+
+/** The response ended (its last byte handed to the socket), or the client went away first. */
+function finishedResponse(res: ServerResponse): Promise<void> {
+  return new Promise((resolve, reject) => {
+    finished(res, (err) => (err ? reject(err) : resolve()));
   });
 }
 
