@@ -9,7 +9,6 @@
 // chunks back (an export, a hash) costs what a plain reader costs: nothing is ever reused
 // unless it was given back, so a chunk can never be overwritten while someone still reads it.
 
-import type { Readable } from 'node:stream';
 import { READ_CHUNK_BYTES } from './blob-store.js';
 
 /** Buffers kept for reuse at most (the rest is left to the garbage collector). */
@@ -80,13 +79,4 @@ export class LentChunks {
     this.lent.delete(chunk.buffer);
     this.pool.give(buffer);
   }
-}
-
-/** A Readable whose chunks may be given back once the consumer is done with them. */
-export interface RecyclingReadable extends Readable {
-  recycle(chunk: Buffer): void;
-}
-
-export function isRecycling(stream: Readable): stream is RecyclingReadable {
-  return typeof (stream as Partial<RecyclingReadable>).recycle === 'function';
 }

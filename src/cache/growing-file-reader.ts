@@ -4,7 +4,8 @@
 import { close, openSync, read } from 'node:fs';
 import { Readable } from 'node:stream';
 import { READ_CHUNK_BYTES } from './blob-store.js';
-import { LentChunks, type RecyclingReadable } from './chunk-pool.js';
+import type { RecyclingReadable } from '../http/recycled-chunks.js';
+import { LentChunks } from './chunk-pool.js';
 
 /** What the reader needs to know of the download writing the file (cache/downloads.ts). */
 export interface GrowingFile {

@@ -8,7 +8,7 @@ import { multipartByteranges } from '../../http/byteranges.js';
 import { parseRanges, type ByteRange } from '../../http/range.js';
 import type { BlobResult } from '../../core/results.js';
 import { selectUpstream } from './select-upstream.js';
-import { isRecycling } from '../../cache/chunk-pool.js';
+import { isRecycling } from '../../http/recycled-chunks.js';
 
 /**
  * GET/HEAD /v2/<name>/blobs/<digest>, with Range (206/416), one range or several
