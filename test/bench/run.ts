@@ -24,6 +24,8 @@
 //          --no-results  do not rewrite RESULTS.md
 //   BENCH_KEEP=1 keeps the work directory (each system's log and storage) for a look afterwards; a failed run always keeps it
 //   BENCH_VARIANTS='[{"name":"…","config":{…}}]' adds mirror configurations to the slow-link rows (experiments)
+//   BENCH_LOG_LEVEL=debug runs the mirror at that log level (with BENCH_KEEP, its log is kept)
+//   BENCH_TTFB_DETAIL=1 logs each concurrent client's layer request: worker@start+h<headers ms>+b<first byte ms>
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { cpus, totalmem, tmpdir } from 'node:os';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -329,6 +331,7 @@ async function benchSystem(
       const timings = pulls.map((p) => p.blobs.find((b) => b.digest === layer.digest)!);
       const ttfb = timings.map((t) => t.firstByteMs);
       r.concurrentTtfbP50Ms = percentile(ttfb, 50);
+      if (process.env.BENCH_TTFB_DETAIL) log(`TTFB detail: ${timings.map((t) => `${t.worker ?? '-'}@${t.requestAtMs.toFixed(0)}+h${t.headersMs.toFixed(0)}+b${t.firstByteMs.toFixed(0)}`).join(' ')}`);
       r.concurrentTtfbMaxMs = Math.max(...ttfb);
       r.concurrentFirstLayerDoneMs = Math.min(...timings.map((t) => t.totalMs));
       const workers = new Set(timings.flatMap((t) => (t.worker === undefined ? [] : [t.worker])));

@@ -307,7 +307,7 @@ export async function startMirror(options: {
   // cwd = its own directory: the repository's mirror.config.yaml must not apply.
   const child = spawnLogged(
     process.execPath,
-    [...nodeArgs, join(ROOT, 'dist/cli.js'), 'serve', '--listen', `127.0.0.1:${port}`, '--storage', storage, '--upstream', options.upstreamUrl, '--log-level', options.logLevel ?? 'info', ...args],
+    [...nodeArgs, join(ROOT, 'dist/cli.js'), 'serve', '--listen', `127.0.0.1:${port}`, '--storage', storage, '--upstream', options.upstreamUrl, '--log-level', options.logLevel ?? process.env.BENCH_LOG_LEVEL ?? 'info', ...args],
     logPath,
     { cwd: dir, env },
   );
