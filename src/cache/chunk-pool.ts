@@ -56,10 +56,12 @@ export const readChunks = new ChunkPool(READ_CHUNK_BYTES);
 
 /**
  * The chunks one reader handed out, by their memory: a chunk (possibly a shorter view of its
- * buffer) given back returns its whole buffer to the pool, once.
+ * buffer) given back returns its whole buffer to the pool, once. Weakly held: a consumer that
+ * never gives chunks back (a hash, an export) must not make the reader keep every buffer it
+ * read (a strong map held a whole 300 MiB blob that way).
  */
 export class LentChunks {
-  private readonly lent = new Map<ArrayBufferLike, Buffer>();
+  private readonly lent = new WeakMap<ArrayBufferLike, Buffer>();
 
   constructor(private readonly pool: ChunkPool = readChunks) {}
 
