@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { pseudoRandomBytes, startFakeUpstream } from '../fixtures/fake-upstream.js';
-import { startMirror } from './systems.js';
+import { startMirror, vmHwm } from './systems.js';
 
 const workers = Number(process.argv[2] ?? 1);
 const rounds = Number(process.argv[3] ?? 6);
@@ -62,8 +62,7 @@ try {
     const cpu = processes.map((p, i) => `${p.role}: ${(ticks(p.pid) - before[i]!) * 10} ms`).join(', ');
     console.log(`round ${r}: ${(size / 1e6 / seconds).toFixed(0)} MB/s in ${(seconds * 1000).toFixed(0)} ms (worker ${worker}); cpu ${cpu}`);
   }
-  const hwm = (pid: number) => Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024;
-  console.log(`peak RSS (VmHWM) in the warm rounds: ${mirror.processes().map((p) => `${p.role} ${hwm(p.pid).toFixed(1)} MiB`).join(', ')}`);
+  console.log(`peak RSS (VmHWM) in the warm rounds: ${mirror.processes().map((p) => `${p.role} ${(vmHwm(p.pid) / 1048576).toFixed(1)} MiB`).join(', ')}`);
 } finally {
   await mirror.stop();
   await upstream.stop();

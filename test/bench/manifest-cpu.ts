@@ -9,6 +9,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startFakeUpstream } from '../fixtures/fake-upstream.js';
+import { vmHwm } from './systems.js';
 import { spawn } from 'node:child_process';
 const workers = process.argv[2] ?? '1';
 const rounds = Number(process.argv[3] ?? 3);
@@ -34,8 +35,7 @@ for (const [label, path] of [['tag', 'v1'], ['digest', digest]]) {
   }
 }
 // Peak RSS of the mirror process over the whole run (one process with workers 1).
-const hwm = /VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1];
-console.log(`mirror process peak RSS (VmHWM) ${(Number(hwm) / 1024).toFixed(1)} MiB`);
+console.log(`mirror process peak RSS (VmHWM) ${(vmHwm(child.pid!) / 1048576).toFixed(1)} MiB`);
 const t0 = Date.now();
 await mirror.kill('SIGTERM');
 console.log(`stop took ${Date.now() - t0} ms`);

@@ -96,7 +96,8 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-function vmHwm(pid: number): number {
+/** A process's peak resident set since it started (or since `clear_refs` 5), bytes; 0 once it is gone. */
+export function vmHwm(pid: number): number {
   try {
     const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) * 1024 : 0;
@@ -123,7 +124,8 @@ export interface ProcessPeak {
 
 /**
  * Sample VmRSS of every process of a system every `intervalMs` until stopped: the peak per
- * process within one phase (VmHWM is the peak since the process started and cannot be reset).
+ * process within one phase, whatever was resident before it (VmHWM, even reset by clear_refs, starts
+ * from the resident set at the reset).
  * The process list (workers come and go) is refreshed every second: scanning /proc is not free.
  */
 export function sampleRss(system: RunningSystem, intervalMs = 100): { stop(): ProcessPeak[] } {

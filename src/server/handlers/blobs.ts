@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import { finished, type Readable } from 'node:stream';
+import { finished as responseFinished } from 'node:stream/promises';
 import type { Mirror } from '../../mirror.js';
 import { RegistryError } from '../../oci/errors.js';
 import { parseDigest } from '../../oci/reference.js';
@@ -77,7 +78,7 @@ export async function handleBlob(mirror: Mirror, ctx: RequestContext, name: stri
       ctx.bytes += n;
     });
     res.end();
-    await finishedResponse(res);
+    await responseFinished(res);
   });
 }
 
@@ -174,13 +175,6 @@ function copyPart(source: Readable, res: ServerResponse, onBytes: (n: number) =>
     const stopResponse = finished(res, (err) => settle(err ?? prematureClose()));
     res.on('drain', onDrain);
     source.on('data', onData);
-  });
-}
-
-/** The response ended (its last byte handed to the socket), or the client went away first. */
-function finishedResponse(res: ServerResponse): Promise<void> {
-  return new Promise((resolve, reject) => {
-    finished(res, (err) => (err ? reject(err) : resolve()));
   });
 }
 
